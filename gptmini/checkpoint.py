@@ -1,0 +1,144 @@
+"""Checkpoint directories: model.safetensors + config.json + tokenizer.json, written atomically.
+
+A checkpoint is written into a temporary sibling directory and renamed into place, so a crash
+mid-write never replaces a good checkpoint with a half-written one. Loading reads safetensors and
+JSON only: nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .data.templates import Template
+from .errors import GptminiError
+from .model import GPTConfig, GPTMini
+from .tokenizer import Tokenizer
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+
+@dataclass
+class Checkpoint:
+    model: GPTMini
+    tokenizer: Tokenizer
+    meta: dict = field(default_factory=dict)  # template, training summary, anything JSON
+    path: Path | None = None
+
+    @property
+    def template(self) -> Template | None:
+        spec = self.meta.get("template")
+        return Template.from_dict(spec) if spec else None
+
+
+@contextmanager
+def atomic_directory(path: str | Path):
+    """Yields a temporary directory that replaces `path` only if the block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_state_dict(model: GPTMini) -> dict[str, torch.Tensor]:
+    """The model's tensors, without the output head when it is tied to the embedding."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")
+    return state
+
+
+def save(path: str | Path, model: GPTMini, tokenizer: Tokenizer, meta: dict | None = None,
+         write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Writes the checkpoint directory atomically; `write_extra(tmp_dir)` may add files (train state)."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise GptminiError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
+    config = {"gptmini_version": __version__, "model": model.config.to_dict(),
+              "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}, **(meta or {})}
+    with atomic_directory(path) as tmp:
+        save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        tokenizer.save(tmp / TOKENIZER)
+        if write_extra:
+            write_extra(tmp)
+    return Path(path)
+
+
+def read_config(path: str | Path) -> dict:
+    """config.json of a checkpoint directory, with clear errors for every way it can be wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GptminiError(f"{path}: checkpoint directory not found")
+    file = path / CONFIG
+    if not file.is_file():
+        raise GptminiError(f"{file}: missing; a checkpoint holds {WEIGHTS}, {CONFIG} and {TOKENIZER}")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptminiError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise GptminiError(f"{file}: lacks the \"model\" section with the model config")
+    return config
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    config = read_config(path)
+    try:
+        model_config = GPTConfig.from_dict(config["model"])
+    except (GptminiError, TypeError) as exc:
+        raise GptminiError(f"{path / CONFIG}: {exc}") from None
+    tokenizer = Tokenizer.load(path / TOKENIZER)
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise GptminiError(f"{path / TOKENIZER}: {tokenizer.vocab_size} tokens do not fit the model's "
+                           f"vocab_size {model_config.vocab_size} in {path / CONFIG}")
+    with torch.device("meta"):
+        model = GPTMini(model_config)
+    model.load_state_dict(read_weights(path / WEIGHTS, model), strict=False, assign=True)
+    if model_config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    cos, sin = GPTMini._rope_tables(model_config)
+    model.rope_cos, model.rope_sin = cos, sin
+    meta = {k: v for k, v in config.items() if k not in ("model", "gptmini_version")}
+    return Checkpoint(model.to(device).eval(), tokenizer, meta, path)
+
+
+def read_weights(file: Path, model: GPTMini) -> dict[str, torch.Tensor]:
+    """The weights in `file`, checked name by name and shape by shape against `model`."""
+    if not file.is_file():
+        raise GptminiError(f"{file}: missing; a checkpoint holds {WEIGHTS}, {CONFIG} and {TOKENIZER}")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise GptminiError(f"{file}: unreadable or corrupted safetensors file ({exc})") from None
+    expected = {k: v.shape for k, v in weights_state_dict(model).items()}
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} has shape {tuple(state[k].shape)}, config expects {tuple(s)}"
+                 for k, s in expected.items() if k in state and state[k].shape != s]
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise GptminiError(f"{file}: weights do not match {file.parent / CONFIG}: {shown}")
+    return state

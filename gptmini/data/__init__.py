@@ -1,0 +1,1 @@
+"""Data: corpora for pretraining, instruction records, prompt templates, batches."""

@@ -1,0 +1,175 @@
+"""Generation: prefill the prompt once into a KV cache, then decode one token per step.
+
+Greedy by default; temperature / top-k / top-p sampling with an optional seed. A row stops at
+end-of-text, at a user stop string, after `max_new_tokens`, or when the context window is full.
+
+Long prompts: a prompt keeps its last `max(context_size - max_new_tokens, context_size // 2)`
+tokens, so there is always room to answer; the cut is reported in `Completion.prompt_truncated`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .data.templates import Template
+from .model import GPTMini, KVCache
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (end-of-text or a stop string) or "length"
+    prompt_truncated: int = 0  # prompt tokens dropped from the left to fit the context
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token per row from (B, V) logits."""
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        outside = probs.cumsum(dim=-1) - probs > params.top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class _Row:
+    """One prompt's output so far; holds back text that may be the start of a stop string."""
+
+    decoder: object
+    stop: Sequence[str]
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+
+    def push(self, token_id: int, eot_id: int) -> str:
+        if token_id == eot_id:
+            self.finish_reason = "stop"
+            return self.flush()
+        self.ids.append(token_id)
+        self.text += self.decoder.push(token_id)
+        for s in self.stop:
+            cut = self.text.find(s, max(0, self.emitted - len(s)))
+            if cut >= 0:
+                self.text, self.finish_reason = self.text[:cut], "stop"
+                return self.flush()
+        held = max((n for s in self.stop for n in range(len(s), 0, -1) if self.text.endswith(s[:n])), default=0)
+        delta = self.text[self.emitted:len(self.text) - held]
+        self.emitted += len(delta)
+        return delta
+
+    def flush(self) -> str:
+        delta, self.emitted = self.text[self.emitted:], len(self.text)
+        return delta
+
+
+class Engine:
+    """Generation for one model + tokenizer (+ the template its prompts were trained with)."""
+
+    def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None) -> None:
+        self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+
+    def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
+        """A raw string is used as is (no template); a message list goes through the template."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if self.template is None:
+            raise ValueError("this model has no template: pass a raw prompt string or give a template")
+        return self.template.encode(self.tokenizer, prompt)[0]
+
+    def prompt_budget(self, max_new_tokens: int) -> int:
+        ctx = self.model.config.context_size
+        return max(ctx - max_new_tokens, ctx // 2)
+
+    def stream(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[tuple[int, str]]:
+        """(row, text delta) events as tokens are generated; a finished row emits nothing more."""
+        yield from self._events(prompts, params, self._new_rows(prompts, params))
+
+    def _new_rows(self, prompts: list[list[int]], params: SamplingParams) -> list[_Row]:
+        return [_Row(self.tokenizer.stream_decoder(), params.stop) for _ in prompts]
+
+    def _events(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row]) -> Iterator[tuple[int, str]]:
+        for tokens in self._token_steps(prompts, params):
+            for i, token_id in enumerate(tokens.tolist()):
+                if rows[i].finish_reason is None:
+                    delta = rows[i].push(token_id, self.tokenizer.eot_id)
+                    if delta:
+                        yield i, delta
+            if all(r.finish_reason for r in rows):
+                return
+        for i, row in enumerate(rows):
+            row.finish_reason = row.finish_reason or "length"
+            if delta := row.flush():
+                yield i, delta
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
+        rows = self._new_rows(prompts, params)
+        for row, delta in self._events(prompts, params, rows):
+            if on_text:
+                on_text(row, delta)
+        budget = self.prompt_budget(params.max_new_tokens)
+        return [
+            Completion(r.text, r.ids, min(len(p), budget), r.finish_reason, max(0, len(p) - budget))
+            for r, p in zip(rows, prompts)
+        ]
+
+    @torch.inference_mode()
+    def _token_steps(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[torch.Tensor]:
+        """Yields the next token of every row, step after step (left-padded batch)."""
+        model, config = self.model, self.model.config
+        device = model.embed.weight.device
+        budget = self.prompt_budget(params.max_new_tokens)
+        prompts = [p[-budget:] if p else [self.tokenizer.eot_id] for p in prompts]
+        width = max(len(p) for p in prompts)
+        pads = torch.tensor([width - len(p) for p in prompts], device=device)
+        idx = torch.tensor([[self.tokenizer.pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        positions = key_mask = None
+        if pads.any():
+            positions = (torch.arange(width, device=device) - pads[:, None]).clamp(min=0)
+            key_mask = torch.zeros(len(prompts), config.context_size, dtype=torch.bool, device=device)
+            key_mask[:, :width] = torch.arange(width, device=device) >= pads[:, None]
+        cache = KVCache(config, len(prompts), device, model.embed.weight.dtype)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device).manual_seed(params.seed)
+        logits, _ = model(idx, positions=positions, key_mask=key_mask, cache=cache, last_only=True)
+        steps = min(params.max_new_tokens, config.context_size - width)
+        for step in range(steps):
+            tokens = sample_next(logits[:, -1], params, generator)
+            yield tokens
+            if step == steps - 1:
+                return
+            if key_mask is not None:
+                key_mask[:, cache.length] = True
+                positions = positions[:, -1:] + 1
+            logits, _ = model(tokens[:, None], positions=positions, key_mask=key_mask, cache=cache)
+
+
+def generate(model: GPTMini, tokenizer: Tokenizer, prompt: str, **params) -> str:
+    """One raw prompt in, the generated text out (greedy unless `temperature` is given)."""
+    engine = Engine(model, tokenizer)
+    return engine.generate([engine.encode_prompt(prompt)], SamplingParams(**params))[0].text

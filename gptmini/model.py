@@ -1,0 +1,250 @@
+"""GPTMini: a decoder-only transformer in plain PyTorch (Llama-style block).
+
+RMSNorm, rotary position embeddings, SwiGLU MLP, no biases, optional tied embeddings. The layout
+(rotate-half RoPE, fused projections split in the same order as Llama's q/k/v and gate/up) lets a
+checkpoint be exported exactly to `transformers`' LlamaForCausalLM.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import GptminiError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    context_size: int = 256
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    n_kv_heads: int | None = None  # grouped-query attention; None means n_heads
+    mlp_hidden: int | None = None  # None: about 8/3 * d_model, rounded up to a multiple of 32
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        problems = []
+        if self.d_model % self.n_heads:
+            problems.append(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        elif (self.d_model // self.n_heads) % 2:
+            problems.append("d_model / n_heads must be even for rotary embeddings")
+        if self.n_heads % self.n_kv_heads:
+            problems.append(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        for name in ("vocab_size", "context_size", "d_model", "n_heads", "n_layers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive")
+        if problems:
+            raise GptminiError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GptminiError(f"unknown model config fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: prefill writes the prompt once, decode appends one."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype) -> None:
+        shape = (config.n_layers, batch_size, config.n_kv_heads, config.context_size, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions already written (the same for every row)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.layer, self.n_heads, self.n_kv_heads = layer, config.n_heads, config.n_kv_heads
+        self.head_dim, self.dropout = config.head_dim, config.dropout
+        self.qkv = nn.Linear(config.d_model, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split((q_size, kv_size, kv_size), dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask if isinstance(mask, torch.Tensor) else None,
+            is_causal=mask == "causal",
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(config.d_model, 2 * config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class GPTMini(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = self._rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("proj.weight", "down.weight")):  # GPT-2: scale residual writes by depth
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim)
+        angles = torch.outer(torch.arange(config.context_size).float(), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # rotate-half layout, as in Llama
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        loss_reduction: str = "mean",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and the loss over targets != -100 (None without targets).
+
+        positions: (B, T) rotary positions when rows are left-padded (default: consecutive).
+        key_mask: (B, S) True for real tokens, for left-padded batches (S = cache length + T).
+        loss_reduction: "mean" over counted targets, or "sum" so that a caller can divide by the
+        count of a whole accumulated batch.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds context_size {self.config.context_size}")
+        if positions is None:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        else:
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+        mask = self._attention_mask(T, start, key_mask, idx.device)
+        x = self.dropout(self.embed(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits, None
+        return logits, self.loss(logits, targets, loss_reduction)
+
+    @staticmethod
+    def _attention_mask(T: int, start: int, key_mask, device):
+        """"causal", None (one query sees every cached key) or a boolean (B, 1, T, S) mask."""
+        if key_mask is None and (T == 1 or start == 0):
+            return "causal" if T > 1 else None
+        S = start + T
+        causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=start)
+        if key_mask is None:
+            return causal
+        return causal & key_mask[:, None, None, :S]
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        # Summing then dividing by the count keeps an all-ignored batch at loss 0 with a zero
+        # gradient, where cross_entropy's own mean would return NaN.
+        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        if reduction == "sum":
+            return total
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+    def num_parameters(self, include_embedding: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total if include_embedding else total - self.embed.weight.numel()
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward): 6 per matmul weight plus attention.
+
+        The input embedding is a lookup (no FLOPs); the output head is a matmul even when tied.
+        """
+        c = self.config
+        matmul_weights = self.num_parameters(include_embedding=False) + (0 if not c.tie_embeddings else c.vocab_size * c.d_model)
+        norm_weights = (2 * c.n_layers + 1) * c.d_model
+        attention = 12 * c.n_layers * c.d_model * c.context_size // 2  # causal: half the scores
+        return 6 * (matmul_weights - norm_weights) + attention

@@ -1,0 +1,132 @@
+"""Character-level and byte-level BPE tokenizers, both backed by Hugging Face `tokenizers`.
+
+Both save to one `tokenizer.json` (the standard `tokenizers` format, so it also loads in
+`transformers`) and share the same special tokens. Special-token strings that appear in user text
+are encoded as plain text: only the code that builds training examples can emit end-of-text.
+
+Out-of-vocabulary characters (char tokenizer only; byte-level BPE has none) map to `<|unk|>`,
+never silently disappear; `count_unknown` reports how many a text has.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from .errors import GptminiError
+
+EOT, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
+SPECIAL_TOKENS = [EOT, PAD, UNK]
+
+
+class Tokenizer:
+    """Text <-> token ids. `kind` is "char" or "bpe"."""
+
+    def __init__(self, backend: HFTokenizer, kind: str) -> None:
+        self.backend, self.kind = backend, kind
+        backend.encode_special_tokens = True  # "<|endoftext|>" typed by a user stays text
+        self.eot_id, self.pad_id, self.unk_id = (backend.token_to_id(t) for t in SPECIAL_TOKENS)
+        if None in (self.eot_id, self.pad_id, self.unk_id):
+            raise GptminiError(f"tokenizer lacks a special token: it must define {SPECIAL_TOKENS}")
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def train_char(cls, texts: Iterable[str]) -> "Tokenizer":
+        """One token per distinct character of `texts` (sorted), after the special tokens."""
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(chars - set(SPECIAL_TOKENS)))}
+        backend = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        backend.add_special_tokens(SPECIAL_TOKENS)
+        return cls(backend, "char")
+
+    @classmethod
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int, show_progress: bool = False) -> "Tokenizer":
+        """Byte-level BPE (GPT-2 style): every UTF-8 text round-trips exactly."""
+        minimum = len(SPECIAL_TOKENS) + 256
+        if vocab_size < minimum:
+            raise GptminiError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
+                               f"{minimum} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        backend = HFTokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        return cls(backend, "bpe")
+
+    # -- using ----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=True)
+
+    def count_unknown(self, text: str) -> int:
+        return self.encode(text).count(self.unk_id) if self.kind == "char" else 0
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab()
+
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        self.backend.save(str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise GptminiError(f"{path}: tokenizer file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GptminiError(f"{path}: cannot read tokenizer ({exc})") from None
+        try:
+            backend = HFTokenizer.from_str(text)
+            kind = {"WordLevel": "char", "BPE": "bpe"}[json.loads(text)["model"]["type"]]
+        except KeyError:
+            raise GptminiError(f"{path}: only character-level (WordLevel) and BPE tokenizers are supported") from None
+        except Exception as exc:  # `tokenizers` raises a bare Exception on malformed files
+            raise GptminiError(f"{path}: not a valid tokenizer.json ({exc})") from None
+        return cls(backend, kind)
+
+
+class StreamDecoder:
+    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character is still arriving
+            return ""
+        delta, self.text = text[len(self.text):], text
+        return delta
+
+

@@ -1,0 +1,104 @@
+import torch
+
+from gptmini import Engine, SamplingParams, generate, get_template
+from gptmini.engine import sample_next
+
+
+def uncached_greedy(model, ids, n):
+    ids = list(ids)
+    out = []
+    for _ in range(n):
+        logits, _ = model(torch.tensor([ids]))
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        ids.append(nxt)
+    return out
+
+
+def no_stop_engine(model, tok):
+    tok.eot_id = -1  # never stop early, so both paths run the full length
+    return Engine(model, tok)
+
+
+def test_cached_greedy_equals_uncached_greedy(tiny_model, char_tokenizer):
+    engine = no_stop_engine(tiny_model, char_tokenizer)
+    prompt = char_tokenizer.encode("Atenção, não é")
+    [completion] = engine.generate([prompt], SamplingParams(max_new_tokens=30))
+    assert completion.token_ids == uncached_greedy(tiny_model, prompt, 30)
+    assert completion.finish_reason == "length"
+
+
+def test_batched_generation_equals_one_by_one(tiny_model, char_tokenizer):
+    engine = no_stop_engine(tiny_model, char_tokenizer)
+    prompts = [char_tokenizer.encode(t) for t in ["a", "modelo de linguagem", "ação?"]]
+    params = SamplingParams(max_new_tokens=12)
+    batched = engine.generate(prompts, params)
+    for prompt, got in zip(prompts, batched):
+        assert got.token_ids == engine.generate([prompt], params)[0].token_ids
+
+
+def test_stops_at_end_of_text(tiny_model, char_tokenizer):
+    engine = Engine(tiny_model, char_tokenizer)
+    prompt = char_tokenizer.encode("abc")
+    first = uncached_greedy(tiny_model, prompt, 1)[0]
+    char_tokenizer.eot_id = first  # make the greedy first token the end-of-text
+    [c] = engine.generate([prompt], SamplingParams(max_new_tokens=20))
+    assert (c.text, c.token_ids, c.finish_reason) == ("", [], "stop")
+
+
+def test_stop_strings_cut_text_and_streaming_never_leaks_them(tiny_model, char_tokenizer):
+    engine = no_stop_engine(tiny_model, char_tokenizer)
+    prompt = char_tokenizer.encode("Atenção")
+    [full] = engine.generate([prompt], SamplingParams(max_new_tokens=40))
+    stop = full.text[10:12]
+    deltas = []
+    [cut] = engine.generate([prompt], SamplingParams(max_new_tokens=40, stop=[stop]), on_text=lambda r, d: deltas.append(d))
+    assert cut.text == full.text[:full.text.find(stop)]
+    assert cut.finish_reason == "stop"
+    assert "".join(deltas) == cut.text
+
+
+def test_streamed_deltas_join_to_the_full_text(tiny_model, char_tokenizer):
+    engine = no_stop_engine(tiny_model, char_tokenizer)
+    prompt = char_tokenizer.encode("não")
+    deltas = [d for _, d in engine.stream([prompt], SamplingParams(max_new_tokens=25))]
+    assert len(deltas) > 1
+    assert "".join(deltas) == engine.generate([prompt], SamplingParams(max_new_tokens=25))[0].text
+
+
+def test_seeded_sampling_is_reproducible_and_differs_from_greedy(tiny_model, char_tokenizer):
+    engine = no_stop_engine(tiny_model, char_tokenizer)
+    prompt = char_tokenizer.encode("a")
+    params = SamplingParams(max_new_tokens=30, temperature=1.5, top_k=20, top_p=0.95, seed=7)
+    a = engine.generate([prompt], params)[0].token_ids
+    assert a == engine.generate([prompt], params)[0].token_ids
+    assert a != engine.generate([prompt], SamplingParams(max_new_tokens=30))[0].token_ids
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
+    gen = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, SamplingParams(temperature=1.0, top_k=2), gen)) for _ in range(200)}
+    assert picks == {0, 1}
+    picks = {int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.5), gen)) for _ in range(200)}
+    assert picks == {0}
+
+
+def test_long_prompt_keeps_its_last_tokens(tiny_model, char_tokenizer):
+    engine = no_stop_engine(tiny_model, char_tokenizer)
+    long = char_tokenizer.encode("abcdefghij" * 20)  # 200 tokens, context 64
+    [c] = engine.generate([long], SamplingParams(max_new_tokens=10))
+    assert c.prompt_truncated == 200 - 54 and c.prompt_tokens == 54 and len(c.token_ids) == 10
+    [same] = engine.generate([long[-54:]], SamplingParams(max_new_tokens=10))
+    assert same.token_ids == c.token_ids
+    # asking for more tokens than the window holds still answers, until the window is full
+    [c] = engine.generate([long], SamplingParams(max_new_tokens=500))
+    assert c.prompt_tokens == 32 and len(c.token_ids) == 32 and c.finish_reason == "length"
+
+
+def test_template_prompt_and_generate_helper(tiny_model, char_tokenizer):
+    engine = Engine(tiny_model, char_tokenizer, get_template())
+    ids = engine.encode_prompt([{"role": "user", "content": "oi"}])
+    assert char_tokenizer.decode(ids) == "### Comando:\noi\n\n### Resposta:\n"
+    text = generate(tiny_model, char_tokenizer, "abc", max_new_tokens=5)
+    assert isinstance(text, str) and len(text) <= 5

@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from gptmini import GPTConfig, GPTMini, GptminiError
+from gptmini.model import KVCache
+
+
+def seed_model(vocab_size=50):
+    torch.manual_seed(0)
+    return GPTMini(GPTConfig(vocab_size=vocab_size, context_size=64, d_model=128, n_heads=4, n_layers=2))
+
+
+def test_seed_call_shapes_and_loss():
+    model = seed_model()
+    idx = torch.randint(0, 50, (3, 20))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 20, 50) and loss is None
+    logits, loss = model(idx, idx)
+    assert loss.ndim == 0 and 2.0 < loss.item() < 6.0  # about ln(50) at init
+
+
+def test_loss_ignores_minus_100_and_averages_counted_targets():
+    model = seed_model()
+    idx = torch.randint(0, 50, (2, 12))
+    targets = torch.randint(0, 50, (2, 12))
+    masked = targets.clone()
+    masked[:, :6] = -100
+    logits, loss = model(idx, masked)
+    manual = torch.nn.functional.cross_entropy(logits[:, 6:].reshape(-1, 50), targets[:, 6:].reshape(-1))
+    assert torch.allclose(loss, manual, atol=1e-6)
+    _, total = model(idx, masked, loss_reduction="sum")
+    assert torch.allclose(total / 12, loss, atol=1e-6)
+
+
+def test_all_ignored_targets_give_zero_loss_and_zero_gradient():
+    model = seed_model()
+    model.train()
+    _, loss = model(torch.randint(0, 50, (2, 8)), torch.full((2, 8), -100))
+    assert loss.item() == 0.0
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and not g.isnan().any() and g.abs().sum() == 0 for g in grads)
+
+
+def test_tied_and_untied_embeddings():
+    tied = seed_model()
+    assert tied.lm_head.weight is tied.embed.weight
+    untied = GPTMini(GPTConfig(vocab_size=50, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.embed.weight
+    assert untied.num_parameters() == tied.num_parameters() + 50 * 128
+
+
+def test_parameter_count_and_flops_estimate():
+    model = seed_model()
+    c = model.config
+    per_layer = c.d_model * 3 * c.d_model + c.d_model**2 + 3 * c.d_model * c.mlp_hidden + 2 * c.d_model
+    assert model.num_parameters() == c.vocab_size * c.d_model + c.n_layers * per_layer + c.d_model
+    matmul = c.n_layers * (4 * c.d_model**2 + 3 * c.d_model * c.mlp_hidden) + c.vocab_size * c.d_model
+    assert model.flops_per_token() == 6 * matmul + 12 * c.n_layers * c.d_model * c.context_size // 2
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = seed_model().eval()
+    idx = torch.randint(0, 50, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 50
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.allclose(a[0, :10], b[0, :10], atol=1e-5)
+    assert not torch.allclose(a[0, 10:], b[0, 10:], atol=1e-3)
+
+
+def test_cached_prefill_plus_decode_equals_full_forward():
+    model = seed_model().eval()
+    idx = torch.randint(0, 50, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 2, "cpu", torch.float32)
+    first, _ = model(idx[:, :8], cache=cache)
+    steps = [model(idx[:, i:i + 1], cache=cache)[0] for i in range(8, 12)]
+    assert torch.allclose(torch.cat([first] + steps, dim=1), full, atol=1e-5)
+
+
+def test_left_padding_with_positions_and_mask_matches_unpadded():
+    model = seed_model().eval()
+    idx = torch.randint(1, 50, (1, 6))
+    alone, _ = model(idx)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), idx], dim=1)
+    positions = (torch.arange(9) - 3).clamp(min=0)[None]
+    key_mask = torch.arange(9)[None] >= 3
+    out, _ = model(padded, positions=positions, key_mask=key_mask)
+    assert torch.allclose(out[:, 3:], alone, atol=1e-5)
+
+
+def test_too_long_input_and_bad_config_are_clear():
+    model = seed_model()
+    with pytest.raises(ValueError, match="exceeds context_size 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(GptminiError, match="divisible by n_heads"):
+        GPTConfig(vocab_size=10, d_model=30, n_heads=4)
+    with pytest.raises(GptminiError, match="unknown model config fields"):
+        GPTConfig.from_dict({"vocab_size": 10, "colour": "red"})
+
+
+def test_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    model = GPTMini(GPTConfig(vocab_size=50, dropout=0.5))
+    idx = torch.randint(0, 50, (1, 8))
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_grouped_query_attention_runs_and_caches():
+    torch.manual_seed(0)
+    model = GPTMini(GPTConfig(vocab_size=50, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2)).eval()
+    idx = torch.randint(0, 50, (1, 10))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 1, "cpu", torch.float32)
+    model(idx[:, :9], cache=cache)
+    last, _ = model(idx[:, 9:], cache=cache)
+    assert torch.allclose(last[0, -1], full[0, -1], atol=1e-5)
