@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from .errors import GptminiError
 
@@ -42,6 +44,60 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print()
 
 
+MODEL_FLAGS = {"context_size": int, "d_model": int, "n_heads": int, "n_layers": int, "n_kv_heads": int,
+               "mlp_hidden": int, "dropout": float}
+TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "lr": float, "warmup_steps": int,
+               "min_lr_ratio": float, "weight_decay": float, "grad_clip": float, "eval_every": int,
+               "eval_batches": int, "save_every": int, "log_every": int, "max_time": float, "seed": int, "device": str}
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    model = p.add_argument_group("model (a new model only; a resumed or fine-tuned one keeps its shape)")
+    model.add_argument("--config", help="JSON file with model config fields")
+    for name, kind in MODEL_FLAGS.items():
+        model.add_argument("--" + name.replace("_", "-"), type=kind)
+    train = p.add_argument_group("training")
+    for name, kind in TRAIN_FLAGS.items():
+        train.add_argument("--" + name.replace("_", "-"), type=kind)
+    train.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    train.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CUDA)")
+    train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+
+
+def given(args: argparse.Namespace, names) -> dict:
+    """Only the flags the user gave, so that defaults and saved configs are not overridden."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    values = {}
+    if args.config:
+        try:
+            values = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GptminiError(f"{args.config}: cannot read model config JSON ({exc})") from None
+    return {**values, **given(args, MODEL_FLAGS)}
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    return given(args, [*TRAIN_FLAGS, "schedule", "bf16", "compile", "show_progress"])
+
+
+def print_summary(summary: dict, out: str) -> None:
+    print(json.dumps({"out": out, **summary}, indent=2))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import pretrain
+
+    summary = pretrain(args.out, args.data, args.tokenizer, args.vocab_size, model_overrides(args),
+                       train_overrides(args), args.resume, args.overwrite, args.val_fraction)
+    print_summary(summary, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -54,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("pretrain", help="train a base model on a text corpus")
+    p.add_argument("--data", nargs="+", help="text files (.txt, .txt.gz, .txt.xz) or folders; default: the embedded corpus")
+    p.add_argument("--out", required=True, help="run folder (checkpoints last/ and best/, metrics, loss.png)")
+    p.add_argument("--tokenizer", default="bpe", help="char, bpe, or a tokenizer.json / checkpoint to reuse")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 8192)")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    add_training_args(p)
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 

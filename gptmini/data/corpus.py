@@ -1,6 +1,6 @@
 """Text files -> tokenizer -> token memmaps (train.bin / val.bin), streamed so any size works.
 
-The corpus is read in blocks of whole paragraphs (about 4 KB); every `1/val_fraction`-th block goes
+The corpus is read in blocks of whole paragraphs (about 4 KB, less for a small corpus); every `1/val_fraction`-th block goes
 to validation, so the validation split samples the whole corpus, not just its end. Files are
 separated by an end-of-text token. The result is cached in `<out>/data/` and reused when the
 same files (by path, size and modification time) and tokenizer come again.
@@ -82,18 +82,32 @@ def read_text(path: Path, progress: tqdm | None = None, chunk_bytes: int = 1 << 
         raise GptminiError(f"{path}: cannot read ({exc})") from None
 
 
+def _block_end(text: str, size: int) -> int:
+    """Where the next block ends: a paragraph break, else a line break, else a hard cut."""
+    if len(text) < size:
+        return -1
+    for sep, limit in (("\n\n", 4 * size), ("\n", 16 * size)):
+        cut = text.find(sep, size, limit)
+        if cut >= 0:
+            return cut + len(sep)
+    return 16 * size if len(text) >= 16 * size else -1
+
+
+def block_size(files: list[Path]) -> int:
+    """About 4 KB, smaller for small corpora so that even they get a validation split."""
+    return max(256, min(BLOCK_CHARS, sum(f.stat().st_size for f in files) // 200))
+
+
 def iter_blocks(files: list[Path], progress: tqdm | None = None) -> Iterator[tuple[int, str]]:
-    """(file index, text) blocks of whole paragraphs, about BLOCK_CHARS each."""
+    """(file index, text) blocks of whole paragraphs, about `block_size(files)` characters each."""
+    size = block_size(files)
     for i, path in enumerate(files):
         pending = ""
         for piece in read_text(path, progress):
             pending += piece
-            while len(pending) >= BLOCK_CHARS:
-                cut = pending.find("\n\n", BLOCK_CHARS)
-                if cut < 0:
-                    break
-                yield i, pending[:cut + 2]
-                pending = pending[cut + 2:]
+            while (end := _block_end(pending, size)) > 0:
+                yield i, pending[:end]
+                pending = pending[end:]
         if pending:
             yield i, pending
 
