@@ -98,6 +98,32 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print_summary(summary, args.out)
 
 
+def cmd_sft(args: argparse.Namespace) -> None:
+    from .sft import show_masks, sft
+
+    if args.show_masks:
+        from .data.corpus import ASSETS
+        from .data.records import read_examples
+        from .data.templates import get_template
+        from .sft import new_tokenizer
+
+        template = get_template(args.template)
+        records = read_examples(args.data or ASSETS / "instructions.jsonl", args.fields)
+        if args.base in ("none",) or args.base.endswith((".pt", ".pth", ".bin")):
+            tokenizer = new_tokenizer(args.tokenizer or "char", records.examples, template, args.vocab_size)
+        else:
+            from .checkpoint import load
+            tokenizer = load(args.base).tokenizer
+        print(show_masks(records.examples, tokenizer, template, args.show_masks))
+        return
+    if not args.out:
+        raise GptminiError("--out is required (the run folder to write checkpoints into)")
+    summary = sft(args.out, args.data, args.base, args.template, args.fields, args.val_data, args.val_fraction,
+                  args.tokenizer, args.vocab_size, args.long_examples, args.epochs, model_overrides(args),
+                  train_overrides(args), args.resume, args.overwrite)
+    print_summary(summary, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -119,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.05)
     add_training_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("sft", help="instruction-tune a base model (loss on the responses only)")
+    p.add_argument("--base", default="none", help="base checkpoint dir, a legacy state-dict .pt, or none (from scratch)")
+    p.add_argument("--data", help="JSON/JSONL/CSV/TSV records; default: the embedded instruction set")
+    p.add_argument("--out", help="run folder (checkpoints last/ and best/, metrics, loss.png)")
+    p.add_argument("--template", help="comando (default), alpaca, chat, or a template file")
+    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
+    p.add_argument("--val-data", help="separate validation file (instead of --val-fraction)")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--tokenizer", help="char or bpe (trained on the data), or a tokenizer.json; default: the base's")
+    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--long-examples", choices=["truncate", "window"], default="truncate",
+                   help="examples longer than the context: cut the prompt first (default) or split into windows")
+    p.add_argument("--epochs", type=float, help="train for this many passes over the data (instead of --max-steps)")
+    p.add_argument("--show-masks", type=int, metavar="N", help="print N formatted examples with trained tokens marked, then exit")
+    add_training_args(p)
+    p.set_defaults(func=cmd_sft)
     return parser
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import GptminiError
+from ..model import IGNORE_INDEX
 
 
 class WindowBatches:
@@ -45,3 +46,110 @@ class WindowBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
+
+
+def fit_to_context(ids: list[int], labels: list[int], length: int,
+                   policy: str = "truncate") -> tuple[list[tuple[list[int], list[int]]], str]:
+    """Sequences of at most `length` tokens from one example, and what was done: ok, truncated,
+    windowed or skipped.
+
+    truncate: drop prompt tokens from the left first (the end of the prompt, which announces the
+    response, stays), then response tokens from the right. window: overlapping windows (stride
+    half a window) whose labels train each response token exactly once.
+    """
+    if len(ids) <= length:
+        return [(ids, labels)], "ok"
+    if policy == "window":
+        return _label_windows(ids, labels, length), "windowed"
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    overflow = len(ids) - length
+    start = overflow if overflow <= first - 1 else max(0, first - length // 4)
+    ids, labels = ids[start:start + length], labels[start:start + length]
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        return [], "skipped"
+    return [(ids, labels)], "truncated"
+
+
+def _label_windows(ids: list[int], labels: list[int], length: int) -> list[tuple[list[int], list[int]]]:
+    """Windows overlapping by half; a label is kept only in the first window that can predict it."""
+    stride, out, trained_until = max(1, length // 2), [], 0
+    for start in range(0, len(ids) - 1, stride):
+        end = min(start + length, len(ids))
+        window = [labels[j] if j >= trained_until else IGNORE_INDEX for j in range(start, end)]
+        if any(label != IGNORE_INDEX for label in window[1:]):
+            out.append((ids[start:end], window))
+        trained_until = end
+        if end == len(ids):
+            break
+    return out
+
+
+class ExampleBatches:
+    """Length-grouped batches of whole examples, right-padded: no example attends to another.
+
+    Each epoch shuffles the examples, sorts them by length within chunks of 64 batches (so padding
+    stays small while batches stay varied), and shuffles the batch order. The order of an epoch is
+    a function of (seed, epoch), so the data position is just (epoch, batch index).
+    """
+
+    def __init__(self, sequences: list[tuple[list[int], list[int]]], batch_size: int, seed: int, pad_id: int,
+                 group_chunks: int = 64) -> None:
+        if not sequences:
+            raise GptminiError("no training examples left to batch")
+        self.sequences, self.batch_size, self.seed, self.pad_id = sequences, batch_size, seed, pad_id
+        self.group = batch_size * group_chunks
+        self.epoch, self.index = 0, 0
+        self._order = self._epoch_batches(0)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+        order = rng.permutation(len(self.sequences))
+        batches = []
+        for i in range(0, len(order), self.group):
+            chunk = sorted(order[i:i + self.group], key=lambda j: len(self.sequences[j][0]))
+            batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def collate(self, members: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for next-token prediction: inputs ids[:-1], targets labels[1:]."""
+        width = max(len(self.sequences[j][0]) for j in members) - 1
+        idx = torch.full((len(members), width), self.pad_id, dtype=torch.long)
+        targets = torch.full((len(members), width), IGNORE_INDEX, dtype=torch.long)
+        for row, j in enumerate(members):
+            ids, labels = self.sequences[j]
+            idx[row, :len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[row, :len(ids) - 1] = torch.tensor(labels[1:])
+        return idx, targets
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.index == len(self._order):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._epoch_batches(self.epoch)
+        self.index += 1
+        return self.collate(self._order[self.index - 1])
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._order)
+
+    def padding_waste(self) -> float:
+        """Fraction of computed positions that are padding, over one epoch."""
+        computed = real = 0
+        for members in self._epoch_batches(0):
+            lengths = [len(self.sequences[j][0]) - 1 for j in members]
+            computed += max(lengths) * len(lengths)
+            real += sum(lengths)
+        return 1 - real / computed
+
+    def eval_batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every example once, sorted by length (validation sets are small; max_batches is ignored)."""
+        order = sorted(range(len(self.sequences)), key=lambda j: len(self.sequences[j][0]))
+        for i in range(0, len(order), self.batch_size):
+            yield self.collate(order[i:i + self.batch_size])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._epoch_batches(self.epoch)

@@ -1,0 +1,154 @@
+"""Instruction tuning: a base checkpoint + instruction records -> an assistant checkpoint.
+
+Each example is rendered by the template piece by piece, so labels are exact: -100 on everything
+but the response tokens and the end-of-text after them. The loss is averaged over those tokens
+across the whole accumulated batch (see train.py).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .data.batches import ExampleBatches, fit_to_context
+from .data.records import Example, read_examples
+from .data.templates import Template, get_template
+from .errors import GptminiError
+from .model import IGNORE_INDEX, GPTConfig, GPTMini
+from .pretrain import DEFAULT_MODEL, resolve_train_config
+from .tokenizer import Tokenizer
+from .train import Trainer, prepare_output
+from .transfer import load_legacy_state_dict, transfer
+
+
+def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
+                    policy: str = "truncate") -> tuple[list[tuple[list[int], list[int]]], Counter]:
+    """Training sequences (ids, labels) of at most context_size + 1 tokens, and what was done to fit them."""
+    sequences, outcomes = [], Counter()
+    for example in examples:
+        ids, labels = template.encode(tokenizer, example.messages)
+        pieces, outcome = fit_to_context(ids, labels, context_size + 1, policy)
+        sequences += pieces
+        outcomes[outcome] += 1
+    return sequences, outcomes
+
+
+def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    n_val = math.floor(len(examples) * fraction)
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(len(examples))
+    val = set(order[:n_val].tolist())
+    return [e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val]
+
+
+def example_texts(examples: list[Example], template: Template) -> list[str]:
+    """Everything the tokenizer will see: contents plus the template's own text."""
+    return [m["content"] + m.get("input", "") for e in examples for m in e.messages] + [
+        template.prompt, template.prompt_with_input or "", template.system or ""]
+
+
+def build_model_and_tokenizer(base: str, examples: list[Example], template: Template, tokenizer_spec: str | None,
+                              vocab_size: int | None, model_overrides: dict, seed: int) -> tuple[GPTMini, Tokenizer, dict]:
+    """The model to fine-tune: from scratch (base "none"), a checkpoint, or a legacy state-dict file."""
+    torch.manual_seed(seed)
+    base_path = Path(base)
+    if base == "none" or base_path.suffix in (".pt", ".pth", ".bin"):
+        tokenizer = new_tokenizer(tokenizer_spec or "char", examples, template, vocab_size)
+        model = GPTMini(GPTConfig(vocab_size=tokenizer.vocab_size, **{**DEFAULT_MODEL, **model_overrides}))
+        if base != "none":
+            print(transfer(load_legacy_state_dict(base_path), model))
+        return model, tokenizer, {"base": base}
+    ckpt = checkpoint.load(base_path)
+    if model_overrides:
+        print(f"note: model flags {sorted(model_overrides)} ignored: the model keeps the shape of {base_path}")
+    if tokenizer_spec is None:
+        return ckpt.model, ckpt.tokenizer, {"base": str(base_path)}
+    tokenizer = new_tokenizer(tokenizer_spec, examples, template, vocab_size)
+    config = GPTConfig.from_dict({**ckpt.model.config.to_dict(), "vocab_size": tokenizer.vocab_size})
+    model = GPTMini(config)
+    print(transfer(checkpoint.weights_state_dict(ckpt.model), model, ckpt.tokenizer, tokenizer))
+    return model, tokenizer, {"base": str(base_path)}
+
+
+def new_tokenizer(spec: str, examples: list[Example], template: Template, vocab_size: int | None) -> Tokenizer:
+    if spec == "char":
+        return Tokenizer.train_char(example_texts(examples, template))
+    if spec == "bpe":
+        return Tokenizer.train_bpe(example_texts(examples, template), vocab_size or 8192)
+    path = Path(spec)
+    return Tokenizer.load(path / "tokenizer.json" if path.is_dir() else path)
+
+
+def sft(out: str | Path, data: str | Path | None = None, base: str = "none", template: str | None = None,
+        fields: str | dict | None = None, val_data: str | Path | None = None, val_fraction: float = 0.05,
+        tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "truncate",
+        epochs: float | None = None, model: dict | None = None, train: dict | None = None,
+        resume: bool = False, overwrite: bool = False) -> dict:
+    """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary."""
+    from .data.corpus import ASSETS
+
+    out = Path(out)
+    records = read_examples(data or ASSETS / "instructions.jsonl", fields)
+    print(f"data: {records.report()}")
+    prepare_output(out, resume, overwrite)
+    cfg_overrides = dict(train or {})
+    if resume:
+        cfg = resolve_train_config(out, True, cfg_overrides)
+        ckpt = checkpoint.load(out / "last", device=cfg.device)
+        net, tok, tmpl = ckpt.model, ckpt.tokenizer, ckpt.template
+        meta = {k: v for k, v in ckpt.meta.items() if k != "training"}
+    else:
+        tmpl = get_template(template)
+        cfg = resolve_train_config(out, False, cfg_overrides)
+        net, tok, source = build_model_and_tokenizer(base, records.examples, tmpl, tokenizer, vocab_size, model or {}, cfg.seed)
+        meta = {"kind": "sft", "template": tmpl.to_dict(), "source": source}
+    train_examples, val_examples = split_validation(records.examples, 0 if val_data else val_fraction, cfg.seed)
+    if val_data:
+        val_records = read_examples(val_data, fields)
+        print(f"validation data: {val_records.report()}")
+        val_examples = val_records.examples
+    unknown = sum(tok.count_unknown(t) for t in example_texts(records.examples, tmpl))
+    if unknown:
+        print(f"note: {unknown} characters of the data are not in the tokenizer's vocabulary; encoded as <|unk|>")
+    context = net.config.context_size
+    train_seqs, outcomes = encode_examples(train_examples, tok, tmpl, context, long_examples)
+    print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; fitting the {context}-token context: "
+          + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())))
+    train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id)
+    val_batches = None
+    if val_examples:
+        val_seqs, _ = encode_examples(val_examples, tok, tmpl, context, long_examples)
+        val_batches = ExampleBatches(val_seqs, cfg.batch_size, cfg.seed, tok.pad_id) if val_seqs else None
+    if epochs is not None and "max_steps" not in cfg_overrides:
+        cfg.max_steps = max(1, math.ceil(epochs * train_batches.batches_per_epoch / cfg.grad_accum))
+    meta["data"] = {"file": str(data or "embedded"), "train_examples": len(train_examples),
+                    "val_examples": len(val_examples), "fit": dict(outcomes), "skipped_records": len(records.skipped),
+                    "padding_waste": round(train_batches.padding_waste(), 4)}
+    trainer = Trainer(net, tok, train_batches, val_batches, cfg, out, meta)
+    if resume:
+        trainer.load_state(out / "last")
+        if trainer.step >= cfg.max_steps:
+            raise GptminiError(f"{out / 'last'} already reached step {trainer.step}; pass a larger --max-steps to continue")
+    return {**trainer.run(), "padding_waste": meta["data"]["padding_waste"]}
+
+
+def show_masks(examples: list[Example], tokenizer: Tokenizer, template: Template, n: int, color: bool | None = None) -> str:
+    """N formatted examples with the trained tokens marked: green on a terminal, ⟦…⟧ otherwise."""
+    color = sys.stdout.isatty() if color is None else color
+    open_mark, close_mark = ("\033[1;32m", "\033[0m") if color else ("⟦", "⟧")
+    blocks = []
+    for example in examples[:n]:
+        ids, labels = template.encode(tokenizer, example.messages)
+        text = []
+        for trained, run in itertools.groupby(zip(ids, labels), key=lambda pair: pair[1] != IGNORE_INDEX):
+            run_ids = [token_id for token_id, _ in run]
+            piece = tokenizer.decode(run_ids) + ("<|endoftext|>" if run_ids[-1] == tokenizer.eot_id else "")
+            text.append(f"{open_mark}{piece}{close_mark}" if trained else piece)
+        trained_count = sum(label != IGNORE_INDEX for label in labels)
+        blocks.append(f"--- {example.where} ({len(ids)} tokens, {trained_count} trained)\n" + "".join(text))
+    return "\n".join(blocks)
