@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -190,19 +191,19 @@ class Trainer:
                 for key, value in (("loss", loss * trained), ("trained", trained), ("tokens", tokens), ("time", spent)):
                     window[key] += value
                 bar.update(1)
+                if self.stop_requested:
+                    stopped = "interrupted"
+                elif cfg.max_time and self.elapsed >= cfg.max_time:
+                    stopped = "time limit"
                 val = None
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                     val = self.evaluate()
-                if self.step % cfg.log_every == 0 or val is not None or self.step == cfg.max_steps:
+                if self.step % cfg.log_every == 0 or val is not None or self.step == cfg.max_steps or stopped:
                     self.log(window, lr, val, bar)
                     window = dict.fromkeys(window, 0.0)
                 if val is not None and val < self.best_val:
                     self.best_val = val
                     self.save("best")
-                if self.stop_requested:
-                    stopped = "interrupted"
-                elif cfg.max_time and self.elapsed >= cfg.max_time:
-                    stopped = "time limit"
                 if stopped or self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                     self.save("last")
                     self.plot()
@@ -213,7 +214,7 @@ class Trainer:
                    "train_seconds": round(self.elapsed, 2),
                    "tokens_per_s": round(self.tokens / max(self.elapsed, 1e-9), 1), "stopped": stopped}
         if stopped == "interrupted":
-            tqdm.write(f"interrupted at step {self.step}: saved {self.out / 'last'}; continue with --resume")
+            tqdm.write(f"interrupted at step {self.step}: saved {self.out / 'last'}; continue with --resume", file=sys.stderr)
         return summary
 
     def log(self, window: dict, lr: float, val: float | None, bar: tqdm) -> None:
