@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gptmini import GptminiError
+from gptmini.data.records import parse_fields, read_examples
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "sft"
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_format_gives_the_same_examples(tmp_path):
+    rows = [{"instruction": "Olá", "response": "Oi!"}, {"instruction": "Quanto é 2+2?", "response": "4"}]
+    files = [
+        write(tmp_path / "a.json", json.dumps(rows, ensure_ascii=False)),
+        write(tmp_path / "a.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n"),
+        write(tmp_path / "a.csv", 'instruction,response\nOlá,Oi!\n"Quanto é 2+2?",4\n'),
+        write(tmp_path / "a.tsv", "instruction\tresponse\nOlá\tOi!\nQuanto é 2+2?\t4\n"),
+    ]
+    expected = [[{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}] for r in rows]
+    for f in files:
+        assert [e.messages for e in read_examples(f).examples] == expected, f
+
+
+def test_alpaca_input_and_chat_messages(tmp_path):
+    f = write(tmp_path / "mix.jsonl", "\n".join([
+        json.dumps({"instruction": "Traduza", "input": "cat", "output": "gato"}),
+        json.dumps({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
+                                 {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+                                 {"role": "assistant", "content": "d"}]}),
+    ]))
+    alpaca, chat = read_examples(f).examples
+    assert alpaca.messages == [{"role": "user", "content": "Traduza", "input": "cat"}, {"role": "assistant", "content": "gato"}]
+    assert [m["role"] for m in chat.messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_field_mapping_reads_pira():
+    records = read_examples(SHARED / "pira_pt_train.jsonl", "instruction=pergunta,response=resposta")
+    assert len(records.examples) == 2058 and not records.skipped
+    assert records.examples[0].messages[0]["content"].startswith("Qual é o tipo de unidade")
+
+
+def test_errors_name_file_line_and_fix(tmp_path):
+    bad = write(tmp_path / "bad.jsonl", '{"instruction": "a", "response": "b"}\n{"instruction": "a",\n')
+    with pytest.raises(GptminiError, match=r"bad.jsonl:2: malformed JSON line"):
+        read_examples(bad)
+    pira = write(tmp_path / "p.jsonl", '{"pergunta": "a", "resposta": "b"}\n')
+    with pytest.raises(GptminiError, match=r"p.jsonl:1: record lacks field 'instruction' .*--fields instruction=COLUMN"):
+        read_examples(pira)
+    number = write(tmp_path / "n.jsonl", '{"instruction": "a", "response": 42}\n')
+    with pytest.raises(GptminiError, match=r"n.jsonl:1: field 'response' must be text, found int"):
+        read_examples(number)
+    with pytest.raises(GptminiError, match="unsupported format '.xml'"):
+        read_examples(write(tmp_path / "x.xml", "<a/>"))
+    with pytest.raises(GptminiError, match="expected NAME=COLUMN"):
+        parse_fields("pergunta")
+
+
+def test_empty_fields_are_skipped_and_counted_never_silently(tmp_path):
+    f = write(tmp_path / "e.jsonl", '{"instruction": "a", "response": "b"}\n{"instruction": "a", "response": "  "}\n')
+    records = read_examples(f)
+    assert len(records.examples) == 1 and len(records.skipped) == 1
+    assert "skipped 1 with an empty field (first: " in records.report() and "e.jsonl:2" in records.report()
+    only_empty = write(tmp_path / "o.jsonl", '{"instruction": "", "response": "b"}\n')
+    with pytest.raises(GptminiError, match="holds no usable records"):
+        read_examples(only_empty)

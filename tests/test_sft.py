@@ -1,0 +1,103 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gptmini import Engine, GPTConfig, GPTMini, SamplingParams, Tokenizer, load, save
+from gptmini.data.corpus import ASSETS
+from gptmini.sft import sft
+from gptmini.transfer import load_legacy_state_dict, transfer
+
+SEED_ARGS = ["--base", "none", "--tokenizer", "char", "--data", str(ASSETS / "seed.jsonl"), "--context-size", "256",
+             "--d-model", "128", "--n-heads", "4", "--n-layers", "2", "--lr", "5e-4", "--batch-size", "8",
+             "--max-steps", "401"]
+SEED = [json.loads(line) for line in (ASSETS / "seed.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def answers(run_dir):
+    ckpt = load(run_dir)
+    engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template)
+    prompts = [engine.encode_prompt([{"role": "user", "content": r["instruction"]}]) for r in SEED]
+    return [c.text for c in engine.generate(prompts, SamplingParams(max_new_tokens=150))]
+
+
+def test_seed_parity_exact_cli_commands(tmp_path):
+    out = cli("sft", *SEED_ARGS, "--seed", "0", "--out", tmp_path / "run", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    answer = cli("generate", "--model", tmp_path / "run" / "last", "Explique Machine Learning")
+    assert answer.stdout == SEED[0]["response"] + "\n"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_seed_parity_on_more_seeds(tmp_path, seed):
+    sft(tmp_path / "run", ASSETS / "seed.jsonl", base="none", tokenizer="char",
+        model={"context_size": 256, "d_model": 128, "n_heads": 4, "n_layers": 2},
+        train={"lr": 5e-4, "batch_size": 8, "max_steps": 401, "seed": seed, "show_progress": False})
+    assert answers(tmp_path / "run" / "last") == [r["response"] for r in SEED]
+
+
+def tiny_base(tmp_path, texts):
+    tok = Tokenizer.train_char(texts)
+    torch.manual_seed(0)
+    model = GPTMini(GPTConfig(vocab_size=tok.vocab_size, context_size=128, d_model=32, n_heads=4, n_layers=2))
+    save(tmp_path / "base", model, tok, {"kind": "base"})
+    return model, tok
+
+
+def test_sft_from_a_base_reuses_every_tensor_and_saves_the_template(tmp_path, capsys):
+    texts = [r["instruction"] + r["response"] for r in SEED] + ["### Comando:\nResposta"]
+    model, tok = tiny_base(tmp_path, texts)
+    summary = sft(tmp_path / "run", ASSETS / "seed.jsonl", base=str(tmp_path / "base"),
+                  train={"max_steps": 3, "batch_size": 4, "show_progress": False})
+    assert summary["steps"] == 3
+    ckpt = load(tmp_path / "run" / "last")
+    assert ckpt.template.name == "comando" and ckpt.meta["source"]["base"] == str(tmp_path / "base")
+    assert ckpt.tokenizer.vocab() == tok.vocab()
+    moved = sum(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), ckpt.model.state_dict().values()))
+    assert moved > 0  # trained from the base's weights, with the base's tokenizer
+
+
+def test_vocabulary_change_remaps_embedding_rows_by_token_string(tmp_path):
+    model, tok = tiny_base(tmp_path, ["abc"])
+    new_tok = Tokenizer.train_char(["abcz"])
+    new_model = GPTMini(GPTConfig(**{**model.config.to_dict(), "vocab_size": new_tok.vocab_size}))
+    report = transfer(model.state_dict(), new_model, tok, new_tok)
+    assert not report.skipped and report.rows_mapped == tok.vocab_size and report.rows_new == 1
+    for ch in "abc":
+        assert torch.equal(new_model.embed.weight[new_tok.token_to_id(ch)], model.embed.weight[tok.token_to_id(ch)])
+    assert torch.allclose(new_model.embed.weight[new_tok.token_to_id("z")], model.embed.weight.mean(0))
+    assert "1 new" in str(report)
+
+
+def test_legacy_state_dict_loads_safely_with_shape_matching(tmp_path):
+    model, _ = tiny_base(tmp_path, ["abc"])
+    state = {**model.state_dict(), "old.head.weight": torch.zeros(3)}
+    state["blocks.0.mlp.down.weight"] = torch.zeros(5, 5)
+    torch.save(state, tmp_path / "gpt_checkpoint.pt")
+    target = GPTMini(model.config)
+    report = transfer(load_legacy_state_dict(tmp_path / "gpt_checkpoint.pt"), target)
+    assert "blocks.0.mlp.down.weight: shape (5, 5) in the base, (32, 96) here" in report.skipped
+    assert "old.head.weight: no such tensor in this model" in report.skipped
+    assert torch.equal(target.blocks[1].mlp.down.weight, model.blocks[1].mlp.down.weight)
+
+
+def test_show_masks_marks_the_response_and_eos():
+    out = cli("sft", "--show-masks", "1", "--data", ASSETS / "seed.jsonl")
+    assert out.returncode == 0
+    assert f"### Resposta:\n⟦{SEED[0]['response']}<|endoftext|>⟧" in out.stdout
+
+
+def test_sft_bad_input_is_one_clear_line(tmp_path):
+    pira = tmp_path / "p.jsonl"
+    pira.write_text('{"pergunta": "a", "resposta": "b"}\n')
+    out = cli("sft", "--data", pira, "--out", tmp_path / "run")
+    assert out.returncode == 2 and "--fields" in out.stderr and "p.jsonl:1" in out.stderr
+    out = cli("sft", "--base", tmp_path / "missing", "--out", tmp_path / "run")
+    assert out.returncode == 2 and "checkpoint directory not found" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "last").exists()
