@@ -124,6 +124,12 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print_summary(summary, args.out)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import demo
+
+    demo(args.out, args.pretrain_steps, args.sft_epochs, args.seed, show_progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -162,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-masks", type=int, metavar="N", help="print N formatted examples with trained tokens marked, then exit")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
+
+    p = verbs.add_parser("demo", help="the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--sft-epochs", type=float, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
