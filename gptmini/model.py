@@ -143,6 +143,40 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `x @ weight.T` without materialising all logits or their gradient.
+
+    Works through the rows in chunks: each chunk's logits, loss, and gradient (softmax - one-hot)
+    are computed together while they are hot in cache, then folded into the input and weight
+    gradients. Same matmuls as the plain path, but no full-size log-softmax backward pass nor the
+    zero-filled (tokens x vocab) gradient buffer, which dominate the head's cost on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk: int = 1024):
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, x.shape[0], chunk):
+            xs, ts = x[start:start + chunk], targets[start:start + chunk]
+            logits = (xs @ weight.t()).float()
+            valid = ts != IGNORE_INDEX
+            safe = ts.clamp(min=0)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            grad[torch.arange(len(ts), device=x.device), safe] -= 1
+            grad.mul_(valid[:, None])
+            grad_x[start:start + chunk] = (grad.to(xs.dtype) @ weight).to(x.dtype)
+            grad_w.addmm_(grad.t(), xs.float())
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_output, grad_w * grad_output, None, None
+
+
 class GPTMini(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -184,13 +218,16 @@ class GPTMini(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         loss_reduction: str = "mean",
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) and the loss over targets != -100 (None without targets).
 
         positions: (B, T) rotary positions when rows are left-padded (default: consecutive).
         key_mask: (B, S) True for real tokens, for left-padded batches (S = cache length + T).
         loss_reduction: "mean" over counted targets, or "sum" so that a caller can divide by the
         count of a whole accumulated batch.
+        return_logits=False (training): logits come back None and the loss takes the fused
+        chunked head (LinearCrossEntropy), which is faster and lighter.
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -209,6 +246,9 @@ class GPTMini(nn.Module):
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
+        if targets is not None and not return_logits and torch.is_grad_enabled():
+            total = LinearCrossEntropy.apply(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return None, total if loss_reduction == "sum" else total / (targets != IGNORE_INDEX).sum().clamp(min=1)
         logits = self.lm_head(x)
         if targets is None:
             return logits, None

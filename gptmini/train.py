@@ -140,7 +140,7 @@ class Trainer:
         for idx, targets in micro:
             idx, targets = idx.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             with self.autocast():
-                _, loss_sum = self.forward(idx, targets, loss_reduction="sum")
+                _, loss_sum = self.forward(idx, targets, loss_reduction="sum", return_logits=False)
             (loss_sum / max(counted, 1)).backward()
             total += loss_sum.item()
         if self.cfg.grad_clip:

@@ -120,3 +120,19 @@ def test_grouped_query_attention_runs_and_caches():
     model(idx[:, :9], cache=cache)
     last, _ = model(idx[:, 9:], cache=cache)
     assert torch.allclose(last[0, -1], full[0, -1], atol=1e-5)
+
+
+def test_fused_head_loss_and_gradients_match_the_plain_path():
+    torch.manual_seed(0)
+    plain, fused = seed_model(), seed_model()
+    fused.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 50, (3, 20))
+    targets = torch.randint(0, 50, (3, 20))
+    targets[0, :12] = -100
+    _, a = plain(idx, targets, loss_reduction="sum")
+    logits, b = fused(idx, targets, loss_reduction="sum", return_logits=False)
+    assert logits is None and torch.allclose(a, b, rtol=1e-5)
+    (a * 0.3).backward()
+    (b * 0.3).backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
