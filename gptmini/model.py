@@ -98,12 +98,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split((q_size, kv_size, kv_size), dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        qk, v = self.qkv(x).split((q_size + kv_size, kv_size), dim=-1)
+        qk = qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim).transpose(1, 2)
+        qk = qk * cos + rotate_half(qk) * sin  # queries and keys rotated together: one pass
+        q, k = qk.split((self.n_heads, self.n_kv_heads), dim=1)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -161,11 +160,13 @@ class LinearCrossEntropy(torch.autograd.Function):
             logits = (xs @ weight.t()).float()
             valid = ts != IGNORE_INDEX
             safe = ts.clamp(min=0)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            grad[torch.arange(len(ts), device=x.device), safe] -= 1
-            grad.mul_(valid[:, None])
+            target_logit = logits.gather(1, safe[:, None]).squeeze(1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            grad = logits.sub_(peak).exp_()  # reuses the logits buffer: exp(logit - max)
+            norm = grad.sum(dim=-1)
+            total += ((peak.squeeze(1) + norm.log() - target_logit) * valid).sum()
+            grad.mul_((valid / norm)[:, None])  # softmax on counted rows, zero elsewhere
+            grad[torch.arange(len(ts), device=x.device), safe] -= valid.float()
             grad_x[start:start + chunk] = (grad.to(xs.dtype) @ weight).to(x.dtype)
             grad_w.addmm_(grad.t(), xs.float())
         ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
