@@ -76,7 +76,8 @@ def save(path: str | Path, model: GPTMini, tokenizer: Tokenizer, meta: dict | No
     if tokenizer.vocab_size > model.config.vocab_size:
         raise GptminiError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
     config = {"gptmini_version": __version__, "model": model.config.to_dict(),
-              "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}, **(meta or {})}
+              "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                                                       "specials": tokenizer.specials}, **(meta or {})}
     with atomic_directory(path) as tmp:
         save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -110,30 +111,36 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         model_config = GPTConfig.from_dict(config["model"])
     except (GptminiError, TypeError) as exc:
         raise GptminiError(f"{path / CONFIG}: {exc}") from None
-    tokenizer = Tokenizer.load(path / TOKENIZER)
+    tokenizer = Tokenizer.load(path / TOKENIZER, config.get("tokenizer", {}).get("specials"))
     if tokenizer.vocab_size > model_config.vocab_size:
         raise GptminiError(f"{path / TOKENIZER}: {tokenizer.vocab_size} tokens do not fit the model's "
                            f"vocab_size {model_config.vocab_size} in {path / CONFIG}")
-    with torch.device("meta"):
-        model = GPTMini(model_config)
-    model.load_state_dict(read_weights(path / WEIGHTS, model), strict=False, assign=True)
-    if model_config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    cos, sin = GPTMini._rope_tables(model_config)
-    model.rope_cos, model.rope_sin = cos, sin
+    model = build_model(model_config, read_weights(path / WEIGHTS, model_config))
     meta = {k: v for k, v in config.items() if k not in ("model", "gptmini_version")}
     return Checkpoint(model.to(device).eval(), tokenizer, meta, path)
 
 
-def read_weights(file: Path, model: GPTMini) -> dict[str, torch.Tensor]:
-    """The weights in `file`, checked name by name and shape by shape against `model`."""
+def build_model(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPTMini:
+    """A model holding `state` (complete and checked), built without a throwaway random init."""
+    with torch.device("meta"):
+        model = GPTMini(config)
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.rope_cos, model.rope_sin = GPTMini._rope_tables(config)
+    return model
+
+
+def read_weights(file: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The weights in `file`, checked name by name and shape by shape against `config`."""
     if not file.is_file():
         raise GptminiError(f"{file}: missing; a checkpoint holds {WEIGHTS}, {CONFIG} and {TOKENIZER}")
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError) as exc:
         raise GptminiError(f"{file}: unreadable or corrupted safetensors file ({exc})") from None
-    expected = {k: v.shape for k, v in weights_state_dict(model).items()}
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in weights_state_dict(GPTMini(config)).items()}
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [f"{k} has shape {tuple(state[k].shape)}, config expects {tuple(s)}"

@@ -130,6 +130,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo(args.out, args.pretrain_steps, args.sft_epochs, args.seed, show_progress=not args.no_progress)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .hf import export
+
+    print(f"wrote {export(args.model, args.out)} (transformers LlamaForCausalLM + tokenizer)")
+
+
+def cmd_import_hf(args: argparse.Namespace) -> None:
+    from .hf import import_hf
+
+    print(f"wrote {import_hf(args.hf_dir, args.out)} (gptmini checkpoint)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -168,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-masks", type=int, metavar="N", help="print N formatted examples with trained tokens marked, then exit")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
+
+    p = verbs.add_parser("export", help="write a checkpoint as a Hugging Face transformers (Llama) model")
+    p.add_argument("--model", required=True, help="gptmini checkpoint directory")
+    p.add_argument("--out", required=True, help="directory for the transformers model")
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("import-hf", help="convert a local Hugging Face Llama-family model to a gptmini checkpoint")
+    p.add_argument("hf_dir", help="directory with config.json, model*.safetensors, tokenizer.json")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_import_hf)
 
     p = verbs.add_parser("demo", help="the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
     p.add_argument("--out", default="runs/demo")

@@ -66,11 +66,10 @@ def build_model_and_tokenizer(base: str, examples: list[Example], template: Temp
     ckpt = checkpoint.load(base_path)
     if model_overrides:
         print(f"note: model flags {sorted(model_overrides)} ignored: the model keeps the shape of {base_path}")
-    if tokenizer_spec is None:
-        return ckpt.model, ckpt.tokenizer, {"base": str(base_path)}
-    tokenizer = new_tokenizer(tokenizer_spec, examples, template, vocab_size)
-    config = GPTConfig.from_dict({**ckpt.model.config.to_dict(), "vocab_size": tokenizer.vocab_size})
-    model = GPTMini(config)
+    tokenizer = ckpt.tokenizer
+    if tokenizer_spec is not None:
+        tokenizer = new_tokenizer(tokenizer_spec, examples, template, vocab_size)
+    model = GPTMini(GPTConfig.from_dict({**ckpt.model.config.to_dict(), "vocab_size": tokenizer.vocab_size}))
     print(transfer(checkpoint.weights_state_dict(ckpt.model), model, ckpt.tokenizer, tokenizer))
     return model, tokenizer, {"base": str(base_path)}
 

@@ -23,14 +23,22 @@ SPECIAL_TOKENS = [EOT, PAD, UNK]
 
 
 class Tokenizer:
-    """Text <-> token ids. `kind` is "char" or "bpe"."""
+    """Text <-> token ids. `kind` is "char" or "bpe".
 
-    def __init__(self, backend: HFTokenizer, kind: str) -> None:
+    `specials` names the end-of-text, padding and unknown tokens when they are not gptmini's own
+    (a tokenizer imported from Hugging Face): padding falls back to end-of-text, unknown may be
+    absent (byte-level vocabularies need none).
+    """
+
+    def __init__(self, backend: HFTokenizer, kind: str, specials: dict[str, str | None] | None = None) -> None:
         self.backend, self.kind = backend, kind
+        self.specials = {"eot": EOT, "pad": PAD, "unk": UNK, **(specials or {})}
         backend.encode_special_tokens = True  # "<|endoftext|>" typed by a user stays text
-        self.eot_id, self.pad_id, self.unk_id = (backend.token_to_id(t) for t in SPECIAL_TOKENS)
-        if None in (self.eot_id, self.pad_id, self.unk_id):
-            raise GptminiError(f"tokenizer lacks a special token: it must define {SPECIAL_TOKENS}")
+        ids = {role: backend.token_to_id(tok) if tok else None for role, tok in self.specials.items()}
+        if ids["eot"] is None:
+            raise GptminiError(f"tokenizer lacks its end-of-text token {self.specials['eot']!r}")
+        self.eot_id, self.unk_id = ids["eot"], ids["unk"]
+        self.pad_id = ids["pad"] if ids["pad"] is not None else self.eot_id
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -78,7 +86,7 @@ class Tokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=True)
 
     def count_unknown(self, text: str) -> int:
-        return self.encode(text).count(self.unk_id) if self.kind == "char" else 0
+        return self.encode(text).count(self.unk_id) if self.unk_id is not None else 0
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
@@ -97,7 +105,7 @@ class Tokenizer:
         self.backend.save(str(path))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path, specials: dict[str, str | None] | None = None) -> "Tokenizer":
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -112,7 +120,7 @@ class Tokenizer:
             raise GptminiError(f"{path}: only character-level (WordLevel) and BPE tokenizers are supported") from None
         except Exception as exc:  # `tokenizers` raises a bare Exception on malformed files
             raise GptminiError(f"{path}: not a valid tokenizer.json ({exc})") from None
-        return cls(backend, kind)
+        return cls(backend, kind, specials)
 
 
 class StreamDecoder:

@@ -56,6 +56,8 @@ def test_sft_from_a_base_reuses_every_tensor_and_saves_the_template(tmp_path, ca
     summary = sft(tmp_path / "run", ASSETS / "seed.jsonl", base=str(tmp_path / "base"),
                   train={"max_steps": 3, "batch_size": 4, "show_progress": False})
     assert summary["steps"] == 3
+    n_tensors = len(list(model.parameters()))
+    assert f"weight transfer: {n_tensors} tensors loaded, 0 skipped" in capsys.readouterr().out
     ckpt = load(tmp_path / "run" / "last")
     assert ckpt.template.name == "comando" and ckpt.meta["source"]["base"] == str(tmp_path / "base")
     assert ckpt.tokenizer.vocab() == tok.vocab()

@@ -167,7 +167,7 @@ def prepare(files: list[Path], tokenizer: Tokenizer, out_dir: Path, val_fraction
                 split = "val" if every and n % every == every - 1 else "train"
                 (val if split == "val" else train).write(np.asarray(ids, dtype=dtype).tobytes())
                 counts[split] += len(ids)
-                if tokenizer.kind == "char":
+                if tokenizer.unk_id is not None:
                     unknown += ids.count(tokenizer.unk_id)
                 n += 1
     if counts["train"] == 0:
