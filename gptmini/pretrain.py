@@ -8,7 +8,8 @@ import torch
 
 from . import checkpoint
 from .data.batches import WindowBatches
-from .data.corpus import DEFAULT_CORPUS, build_tokenizer, corpus_files, prepare
+from .data.corpus import DEFAULT_CORPUS, build_tokenizer, corpus_files, load_prepared, prepare
+from .distributed import world
 from .errors import GptminiError
 from .model import GPTConfig, GPTMini
 from .tokenizer import Tokenizer
@@ -42,15 +43,21 @@ def pretrain(out: str | Path, data: list[str | Path] | None = None, tokenizer: s
     """Trains a base model on `data` (default: the embedded Portuguese corpus); returns a summary."""
     out = Path(out)
     files = corpus_files(data or [DEFAULT_CORPUS])
-    prepare_output(out, resume, overwrite)
+    w = world((train or {}).get("device", "cpu"))
+    if w.main:
+        prepare_output(out, resume, overwrite)
+    w.barrier()
     cfg = resolve_train_config(out, resume, train or {})
     if resume:
         ckpt = checkpoint.load(out / "last", device=cfg.device)
         net, tok = ckpt.model, ckpt.tokenizer
     else:
         tok = load_or_build_tokenizer(tokenizer, files, vocab_size)
-    corpus = prepare(files, tok, out / "data", val_fraction, show_progress=cfg.show_progress)
-    if corpus.meta["unknown_tokens"]:
+    if w.main:  # one process writes the token files; the others read them
+        prepare(files, tok, out / "data", val_fraction, show_progress=cfg.show_progress)
+    w.barrier()
+    corpus = load_prepared(out / "data")
+    if corpus.meta["unknown_tokens"] and w.main:
         print(f"note: {corpus.meta['unknown_tokens']} characters are outside the tokenizer's vocabulary "
               "and were encoded as <|unk|>")
     if not resume:

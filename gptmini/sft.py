@@ -19,6 +19,7 @@ from . import checkpoint
 from .data.batches import ExampleBatches, fit_to_context
 from .data.records import Example, read_examples
 from .data.templates import Template, get_template
+from .distributed import world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTConfig, GPTMini
 from .pretrain import DEFAULT_MODEL, resolve_train_config
@@ -94,7 +95,10 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     out = Path(out)
     records = read_examples(data or ASSETS / "instructions.jsonl", fields)
     print(f"data: {records.report()}")
-    prepare_output(out, resume, overwrite)
+    w = world((train or {}).get("device", "cpu"))
+    if w.main:
+        prepare_output(out, resume, overwrite)
+    w.barrier()
     cfg_overrides = dict(train or {})
     if resume:
         cfg = resolve_train_config(out, True, cfg_overrides)

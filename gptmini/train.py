@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import checkpoint
+from .distributed import world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
 from .tokenizer import Tokenizer
@@ -120,10 +121,20 @@ class Trainer:
                  cfg: TrainConfig, out: str | Path, meta: dict | None = None) -> None:
         self.model, self.tokenizer, self.train_batches, self.val_batches = model, tokenizer, train, val
         self.cfg, self.out, self.meta = cfg, Path(out), dict(meta or {})
-        self.device = torch.device(cfg.device)
+        self.world = world(cfg.device)
+        if cfg.grad_accum % self.world.size:
+            raise GptminiError(f"--grad-accum {cfg.grad_accum} is not a multiple of the {self.world.size} processes: "
+                               "each process takes an equal share of every step's micro-batches")
+        device = f"cuda:{self.world.local_rank}" if cfg.device == "cuda" and self.world.size > 1 else cfg.device
+        self.device = torch.device(device)
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, cfg)
         self.forward = torch.compile(model) if cfg.compile else model
+        self.train_forward = self.forward
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_forward = DistributedDataParallel(self.forward, broadcast_buffers=False)
         self.step, self.tokens, self.trained_tokens, self.best_val, self.elapsed = 0, 0, 0, math.inf, 0.0
         self.stop_requested = False
         self.metrics_file = self.out / "metrics.jsonl"
@@ -137,12 +148,16 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         total = 0.0
-        for idx, targets in micro:
+        mine = micro[self.world.rank::self.world.size]
+        for i, (idx, targets) in enumerate(mine):
             idx, targets = idx.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            with self.autocast():
-                _, loss_sum = self.forward(idx, targets, loss_reduction="sum", return_logits=False)
-            (loss_sum / max(counted, 1)).backward()
+            sync = nullcontext() if i == len(mine) - 1 or self.world.size == 1 else self.train_forward.no_sync()
+            with self.autocast(), sync:
+                _, loss_sum = self.train_forward(idx, targets, loss_reduction="sum", return_logits=False)
+                # DDP averages gradients over processes; scaling by their number makes it a sum.
+                (loss_sum * self.world.size / max(counted, 1)).backward()
             total += loss_sum.item()
+        total = self.world.sum(total)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
@@ -171,7 +186,8 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", disable=not cfg.show_progress,
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
+                   disable=not (cfg.show_progress and self.world.main),
                    dynamic_ncols=True)
         window = {"loss": 0.0, "trained": 0, "tokens": 0, "time": 0.0}
         stopped = None
@@ -191,9 +207,9 @@ class Trainer:
                 for key, value in (("loss", loss * trained), ("trained", trained), ("tokens", tokens), ("time", spent)):
                     window[key] += value
                 bar.update(1)
-                if self.stop_requested:
+                if self.world.any(self.stop_requested):
                     stopped = "interrupted"
-                elif cfg.max_time and self.elapsed >= cfg.max_time:
+                elif self.world.any(bool(cfg.max_time) and self.elapsed >= cfg.max_time):
                     stopped = "time limit"
                 val = None
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
@@ -218,6 +234,8 @@ class Trainer:
         return summary
 
     def log(self, window: dict, lr: float, val: float | None, bar: tqdm) -> None:
+        if not self.world.main:
+            return
         record = {"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
                   "train_loss": round(window["loss"] / max(window["trained"], 1), 5), "val_loss": val,
                   "lr": lr, "tokens_per_s": round(window["tokens"] / max(window["time"], 1e-9), 1)}
@@ -229,12 +247,16 @@ class Trainer:
                         **({"val": f"{val:.3f}"} if val is not None else {}))
 
     def plot(self) -> None:
+        if not self.world.main:
+            return
         from .plots import plot_loss_curve
 
         plot_loss_curve(self.metrics_file, self.out / "loss.png")
 
     # -- checkpoints and resume -----------------------------------------------------------
     def save(self, name: str) -> None:
+        if not self.world.main:
+            return
         meta = {**self.meta, "training": {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val
                                           if self.best_val < math.inf else None, "config": asdict(self.cfg)}}
         checkpoint.save(self.out / name, self.model, self.tokenizer, meta, write_extra=self.write_state)
