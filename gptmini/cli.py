@@ -120,7 +120,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
         raise GptminiError("--out is required (the run folder to write checkpoints into)")
     summary = sft(args.out, args.data, args.base, args.template, args.fields, args.val_data, args.val_fraction,
                   args.tokenizer, args.vocab_size, args.long_examples, args.epochs, model_overrides(args),
-                  train_overrides(args), args.resume, args.overwrite)
+                  train_overrides(args), args.resume, args.overwrite, args.lora_rank, args.lora_alpha)
     print_summary(summary, args.out)
 
 
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples longer than the context: cut the prompt first (default) or split into windows")
     p.add_argument("--epochs", type=float, help="train for this many passes over the data (instead of --max-steps)")
     p.add_argument("--show-masks", type=int, metavar="N", help="print N formatted examples with trained tokens marked, then exit")
+    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of every weight")
+    p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator (default 2 x rank)")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
 

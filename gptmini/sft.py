@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, lora
 from .data.batches import ExampleBatches, fit_to_context
 from .data.records import Example, read_examples
 from .data.templates import Template, get_template
@@ -88,8 +88,14 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         fields: str | dict | None = None, val_data: str | Path | None = None, val_fraction: float = 0.05,
         tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "truncate",
         epochs: float | None = None, model: dict | None = None, train: dict | None = None,
-        resume: bool = False, overwrite: bool = False) -> dict:
-    """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary."""
+        resume: bool = False, overwrite: bool = False, lora_rank: int | None = None,
+        lora_alpha: float | None = None) -> dict:
+    """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary.
+
+    lora_rank: train LoRA adapters of this rank instead of every weight (see lora.py).
+    """
+    if lora_rank and (base == "none" or tokenizer):
+        raise GptminiError("--lora-rank adapts an existing base with its own tokenizer: give --base DIR, no --tokenizer")
     from .data.corpus import ASSETS
 
     out = Path(out)
@@ -105,11 +111,18 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         ckpt = checkpoint.load(out / "last", device=cfg.device)
         net, tok, tmpl = ckpt.model, ckpt.tokenizer, ckpt.template
         meta = {k: v for k, v in ckpt.meta.items() if k != "training"}
+        if "lora" in meta:  # adapters continue on top of the untouched base
+            net = checkpoint.load(meta["source"]["base"], device=cfg.device).model
+            lora.add_lora(net, meta["lora"]["rank"], meta["lora"]["alpha"])
+            lora.load_adapter(net, out / "last")
     else:
         tmpl = get_template(template)
         cfg = resolve_train_config(out, False, cfg_overrides)
         net, tok, source = build_model_and_tokenizer(base, records.examples, tmpl, tokenizer, vocab_size, model or {}, cfg.seed)
         meta = {"kind": "sft", "template": tmpl.to_dict(), "source": source}
+        if lora_rank:
+            print(lora.add_lora(net, lora_rank, lora_alpha))
+            meta["lora"] = {"rank": lora_rank, "alpha": lora_alpha or 2.0 * lora_rank}
     train_examples, val_examples = split_validation(records.examples, 0 if val_data else val_fraction, cfg.seed)
     if val_data:
         val_records = read_examples(val_data, fields)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, lora
 from .distributed import world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
@@ -259,9 +259,12 @@ class Trainer:
             return
         meta = {**self.meta, "training": {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val
                                           if self.best_val < math.inf else None, "config": asdict(self.cfg)}}
-        checkpoint.save(self.out / name, self.model, self.tokenizer, meta, write_extra=self.write_state)
+        model = lora.merged(self.model) if lora.has_lora(self.model) else self.model
+        checkpoint.save(self.out / name, model, self.tokenizer, meta, write_extra=self.write_state)
 
     def write_state(self, directory: Path) -> None:
+        if lora.has_lora(self.model):
+            lora.save_adapter(self.model, directory)
         state_dir = directory / STATE_DIR
         state_dir.mkdir()
         opt = self.optimizer.state_dict()
