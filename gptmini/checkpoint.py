@@ -42,24 +42,38 @@ class Checkpoint:
 
 @contextmanager
 def atomic_directory(path: str | Path):
-    """Yields a temporary directory that replaces `path` only if the block completes."""
+    """Yields a temporary directory that replaces `path` only if the block completes.
+
+    The swap is two renames (old out of the way, new in); `recover` undoes a crash between them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
         if path.exists():
             path.rename(old)
         tmp.rename(path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():
             old.rename(path)
+        if isinstance(exc, OSError):
+            raise GptminiError(f"{path}: could not write ({exc.strerror or exc}); the previous version is kept") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(path: str | Path) -> None:
+    """Puts back a checkpoint that a crash left moved aside mid-swap (see atomic_directory)."""
+    path = Path(path)
+    if not path.exists():
+        for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+            old.rename(path)
+            return
 
 
 def weights_state_dict(model: GPTMini) -> dict[str, torch.Tensor]:
@@ -90,6 +104,7 @@ def save(path: str | Path, model: GPTMini, tokenizer: Tokenizer, meta: dict | No
 def read_config(path: str | Path) -> dict:
     """config.json of a checkpoint directory, with clear errors for every way it can be wrong."""
     path = Path(path)
+    recover(path)
     if not path.is_dir():
         raise GptminiError(f"{path}: checkpoint directory not found")
     file = path / CONFIG

@@ -83,6 +83,8 @@ def make_optimizer(model: GPTMini, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuses to mix runs: an output folder holding one needs --resume or --overwrite."""
+    for name in ("last", "best"):
+        checkpoint.recover(out / name)
     has_run = (out / "last").exists() or (out / "metrics.jsonl").exists()
     if resume:
         if not (out / "last" / STATE_DIR).is_dir():

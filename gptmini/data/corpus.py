@@ -153,12 +153,29 @@ def prepare(files: list[Path], tokenizer: Tokenizer, out_dir: Path, val_fraction
     dtype = token_dtype(tokenizer.vocab_size)
     every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
     counts = {"train": 0, "val": 0}
-    unknown = 0
     bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="tokenizing",
                disable=not show_progress)
+    try:
+        unknown = _write_splits(files, tokenizer, out_dir, dtype, every, counts, bar)
+        if counts["train"] == 0:
+            raise GptminiError(f"corpus is empty: {', '.join(map(str, files))} hold no text")
+    except BaseException:
+        for split in ("train", "val"):  # leave nothing half-written behind
+            (out_dir / f"{split}.bin.tmp").unlink(missing_ok=True)
+        raise
+    for split in ("train", "val"):
+        (out_dir / f"{split}.bin.tmp").replace(out_dir / f"{split}.bin")
+    meta = {"fingerprint": key, "dtype": np.dtype(dtype).name, "train_tokens": counts["train"],
+            "val_tokens": counts["val"], "unknown_tokens": unknown, "files": [str(f) for f in files]}
+    meta_file.write_text(json.dumps(meta, indent=2))
+    return load_prepared(out_dir)
+
+
+def _write_splits(files, tokenizer, out_dir, dtype, every, counts, bar) -> int:
+    """Streams the blocks into train.bin.tmp / val.bin.tmp; returns the count of <|unk|> tokens."""
+    unknown = previous_file = n = 0
     with open(out_dir / "train.bin.tmp", "wb") as train, open(out_dir / "val.bin.tmp", "wb") as val, bar:
         blocks = iter_blocks(files, bar)
-        previous_file, n = 0, 0
         while batch := list(itertools.islice(blocks, 256)):
             for (file_index, _), ids in zip(batch, tokenizer.encode_batch([text for _, text in batch])):
                 if file_index != previous_file:  # documents never run into each other
@@ -170,14 +187,7 @@ def prepare(files: list[Path], tokenizer: Tokenizer, out_dir: Path, val_fraction
                 if tokenizer.unk_id is not None:
                     unknown += ids.count(tokenizer.unk_id)
                 n += 1
-    if counts["train"] == 0:
-        raise GptminiError(f"corpus is empty: {', '.join(map(str, files))} hold no text")
-    for split in ("train", "val"):
-        (out_dir / f"{split}.bin.tmp").replace(out_dir / f"{split}.bin")
-    meta = {"fingerprint": key, "dtype": np.dtype(dtype).name, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "unknown_tokens": unknown, "files": [str(f) for f in files]}
-    meta_file.write_text(json.dumps(meta, indent=2))
-    return load_prepared(out_dir)
+    return unknown
 
 
 def load_prepared(out_dir: Path) -> PreparedCorpus:

@@ -1,0 +1,88 @@
+"""Every command, fed malformed input: one line naming the file, exit 2, no traceback, nothing touched."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptmini import GPTConfig, GPTMini, Tokenizer, get_template, save
+
+GOOD = '{"instruction": "Olá", "response": "Oi!"}\n'
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    tok = Tokenizer.train_char(["Olá Oi! abc ### Comando:\n Resposta"])
+    model = GPTMini(GPTConfig(vocab_size=tok.vocab_size, context_size=32, d_model=16, n_heads=2, n_layers=1))
+    save(root / "ckpt", model, tok, {"template": get_template().to_dict()})
+    for name in ("no_weights", "corrupt_weights", "bad_config", "wrong_shape", "no_tokenizer"):
+        save(root / name, model, tok, {"template": get_template().to_dict()})
+    (root / "no_weights" / "model.safetensors").unlink()
+    (root / "corrupt_weights" / "model.safetensors").write_bytes(b"\x00" * 100)
+    (root / "bad_config" / "config.json").write_text("{ not json")
+    config = json.loads((root / "wrong_shape" / "config.json").read_text())
+    config["model"]["n_layers"] = 3
+    (root / "wrong_shape" / "config.json").write_text(json.dumps(config))
+    (root / "no_tokenizer" / "tokenizer.json").unlink()
+    files = {
+        "truncated.json": '[{"instruction": "a", "response": "b"}, {"instr',
+        "bad_middle.jsonl": GOOD + '{"instruction": "a" "response": "b"}\n' + GOOD,
+        "wrong_fields.jsonl": '{"question": "a", "answer": "b"}\n',
+        "number.jsonl": '{"instruction": 5, "response": "b"}\n',
+        "empty.jsonl": "",
+        "empty.txt": "",
+        "huge_line.jsonl": '{"instruction": "' + "a" * 200_000 + '", "response": 7}\n',
+        "not_a_list.json": '{"instruction": "a"}',
+    }
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    (root / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    (root / "latin1.txt").write_bytes("ação e não".encode("latin-1"))
+    (root / "latin1.jsonl").write_bytes('{"instruction": "ação", "response": "b"}\n'.encode("latin-1"))
+    (root / "out").mkdir()
+    (root / "out" / "keep.txt").write_text("existing output")
+    return root
+
+
+def case_args(root: Path) -> dict[str, tuple[list, str]]:
+    """name -> (arguments, text the error line must contain)."""
+    data = lambda name: ["sft", "--data", str(root / name), "--out", str(root / "out" / "sft")]  # noqa: E731
+    c = lambda name: str(root / name)  # noqa: E731
+    cases = {f"sft:{n}": (data(n), n) for n in ("truncated.json", "bad_middle.jsonl", "wrong_fields.jsonl",
+                                               "number.jsonl", "empty.jsonl", "huge_line.jsonl", "binary.jsonl",
+                                               "latin1.jsonl", "not_a_list.json", "missing.jsonl")}
+    cases["sft:bad_middle.jsonl"] = (data("bad_middle.jsonl"), "bad_middle.jsonl:2")
+    cases["sft:wrong_fields.jsonl"] = (data("wrong_fields.jsonl"), "--fields")
+    for name in ("empty.txt", "latin1.txt", "missing.txt", "binary.jsonl"):
+        cases[f"pretrain:{name}"] = (["pretrain", "--data", c(name), "--out", c("out/pre"), "--tokenizer", "char"], name)
+    for name in ("no_weights", "corrupt_weights", "bad_config", "wrong_shape", "no_tokenizer", "missing_ckpt"):
+        cases[f"generate:{name}"] = (["generate", "--model", c(name), "hi"], name)
+        cases[f"export:{name}"] = (["export", "--model", c(name), "--out", c("out/hf")], name)
+        cases[f"sft-base:{name}"] = (["sft", "--base", c(name), "--data", c("bad_middle.jsonl"), "--out", c("out/s2")], "")
+    cases["import-hf:not_hf"] = (["import-hf", c("ckpt"), "--out", c("out/imp")], "ckpt")
+    cases["generate:bad_template"] = (["generate", "--model", c("ckpt"), "--template", c("empty.txt"), "hi"], "empty.txt")
+    return cases
+
+
+CASES = sorted(case_args(Path("/x")))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_clear_line(world, case):
+    args, expected = case_args(world)[case]
+    before = snapshot(world)
+    out = subprocess.run([sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, timeout=120)
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert out.returncode == 2, out.stderr
+    assert len(errors) == 1 and out.stderr.rstrip().endswith(errors[0]), out.stderr
+    assert expected in errors[0]
+    assert "Traceback" not in out.stderr
+    assert snapshot(world) == before  # no existing file was modified (nor any new output kept)
