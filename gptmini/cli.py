@@ -24,6 +24,24 @@ def sampling_params(args: argparse.Namespace):
     return SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(args.stop))
 
 
+def read_prompts(path: str) -> list[str]:
+    """--file: JSONL with one {"prompt": ...} or {"instruction": ...} per line."""
+    prompts = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GptminiError(f"{path}: cannot read ({exc})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            prompts.append(record["prompt"] if "prompt" in record else record["instruction"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise GptminiError(f"{path}:{n}: expected a JSON object with \"prompt\" or \"instruction\"") from None
+    return prompts
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from .checkpoint import load
     from .data.templates import get_template
@@ -33,15 +51,53 @@ def cmd_generate(args: argparse.Namespace) -> None:
     template = get_template(args.template) if args.template else ckpt.template
     engine = Engine(ckpt.model, ckpt.tokenizer, template)
     params = sampling_params(args)
-    for prompt in args.prompt:
-        if template is None or args.raw:
-            ids = engine.encode_prompt(prompt)
-        else:
-            ids = engine.encode_prompt([{"role": "user", "content": prompt}])
-        if args.raw and template is None:
+    prompts = list(args.prompt) + (read_prompts(args.file) if args.file else [])
+    if not prompts:
+        raise GptminiError("give prompts as arguments or with --file prompts.jsonl")
+    raw = template is None or args.raw
+
+    def encode(prompt: str) -> list[int]:
+        return engine.encode_prompt(prompt if raw else [{"role": "user", "content": prompt}])
+
+    if args.json or args.file:  # batches, one JSON object (or answer) per line
+        for i in range(0, len(prompts), args.batch_size):
+            chunk = prompts[i:i + args.batch_size]
+            for prompt, c in zip(chunk, engine.generate([encode(p) for p in chunk], params)):
+                print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
+                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)},
+                                 ensure_ascii=False) if args.json else c.text)
+        return
+    for prompt in prompts:
+        if raw and template is None:
             print(prompt, end="", flush=True)
-        engine.generate([ids], params, on_text=lambda _, delta: print(delta, end="", flush=True))
+        engine.generate([encode(prompt)], params, on_text=lambda _, delta: print(delta, end="", flush=True))
         print()
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data.records import read_examples
+    from .data.templates import get_template
+    from .evaluate import metrics_table, run_eval
+
+    records = read_examples(args.data, args.fields)
+    print(f"data: {records.report()}")
+    out = Path(args.out or Path(args.model) / "eval")
+    template = get_template(args.template) if args.template else None
+    reports = run_eval([args.model, *args.compare], records.examples, out, sampling_params(args), template,
+                       args.batch_size)
+    print(metrics_table(reports))
+    print(f"report: {out / 'report.md'} (+ report.json, metrics.png, loss_curves.png)")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from .chat import Conversation, run_chat
+    from .checkpoint import load
+    from .data.templates import get_template
+    from .engine import Engine
+
+    ckpt = load(args.model, device=args.device)
+    template = get_template(args.template) if args.template else (ckpt.template or get_template())
+    run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template), args.system), sampling_params(args))
 
 
 MODEL_FLAGS = {"context_size": int, "d_model": int, "n_heads": int, "n_layers": int, "n_kv_heads": int,
@@ -147,13 +203,35 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("generate", help="answer prompts with a checkpoint (streams the text)")
-    p.add_argument("prompt", nargs="+", help="one or more prompts (instructions, formatted with the checkpoint's template)")
+    p.add_argument("prompt", nargs="*", help="prompts (instructions, formatted with the checkpoint's template)")
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--template", help="override the checkpoint's template (name or file)")
     p.add_argument("--raw", action="store_true", help="no template: continue the text as given")
+    p.add_argument("--file", help="JSONL of {\"prompt\": ...} (or instruction) records, answered in batches")
+    p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("eval", help="score answers against references; compare checkpoints side by side")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="records in any format sft accepts (the last answer is the reference)")
+    p.add_argument("--compare", nargs="*", default=[], help="more checkpoints to put beside --model")
+    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
+    p.add_argument("--template", help="template for checkpoints without one (a base model)")
+    p.add_argument("--out", help="report folder (default: MODEL/eval)")
+    p.add_argument("--batch-size", type=int, default=32)
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("chat", help="talk to a checkpoint at the terminal (streams; /reset, /temp X, /quit)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--template", help="override the checkpoint's template")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--device", default="cpu")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
 
     p = verbs.add_parser("pretrain", help="train a base model on a text corpus")
     p.add_argument("--data", nargs="+", help="text files (.txt, .txt.gz, .txt.xz) or folders; default: the embedded corpus")

@@ -2,7 +2,7 @@
 
 Builds a BPE tokenizer and pretrains a small base on the embedded Portuguese corpus, instruction-
 tunes it on the embedded instruction set (the seed's 4 examples + the team's), evaluates base and
-assistant side by side on the held-out rewordings, and prints a few answers.
+assistant side by side on the held-out rewordings (runs/demo/eval/), and prints a few answers.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: f
     tuned = sft(out / "sft", base=str(out / "base" / "best"), val_data=ASSETS / "instructions_eval.jsonl",
                 epochs=sft_epochs, overwrite=True, train={**common, "lr": 1e-3, "eval_every": 50, "save_every": 100})
     print(f"   sft: {tuned['steps']} steps, {tuned['tokens_per_s']:.0f} tokens/s, padding {tuned['padding_waste']:.1%}")
-    print("== 3/3 the assistant in action (greedy)")
+    print("== 3/3 evaluation on held-out rewordings, and the assistant in action (greedy)")
     report = evaluate_demo(out)
     print(f"demo finished in {time.time() - started:.0f} s; everything is in {out}/")
     return {"base": base, "sft": tuned, **report}
@@ -51,8 +51,14 @@ def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: f
 
 def evaluate_demo(out: Path) -> dict:
     from .data.records import read_examples
+    from .evaluate import metrics_table, run_eval
 
-    held_out = read_examples(ASSETS / "instructions_eval.jsonl").examples[:4]
+    held_out = read_examples(ASSETS / "instructions_eval.jsonl").examples
+    reports = run_eval([out / "sft" / "last", out / "base" / "best"], held_out, out / "eval",
+                       SamplingParams(max_new_tokens=96))
+    print(metrics_table(reports))
+    print(f"report: {out / 'eval' / 'report.md'}")
+    held_out = held_out[:4]
     prompts = SEED_PROMPTS + [e.messages[0]["content"] for e in held_out]
     base_answers = answer(out / "base" / "best", prompts[:2], max_new_tokens=48)
     sft_answers = answer(out / "sft" / "last", prompts)
@@ -60,4 +66,4 @@ def evaluate_demo(out: Path) -> dict:
         print(f"[base] {prompt}\n   -> {text!r}")
     for i, (prompt, text) in enumerate(zip(prompts, sft_answers)):
         print(f"[sft{' held-out' if i >= len(SEED_PROMPTS) else ''}] {prompt}\n   -> {text}")
-    return {"answers": dict(zip(prompts, sft_answers))}
+    return {"answers": dict(zip(prompts, sft_answers)), "eval": {r.name: r.metrics for r in reports}}
