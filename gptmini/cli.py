@@ -198,6 +198,13 @@ def cmd_import_hf(args: argparse.Namespace) -> None:
     print(f"wrote {import_hf(args.hf_dir, args.out)} (gptmini checkpoint)")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import run_server
+
+    run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
+               workers=args.workers, queue_size=args.queue_size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -260,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator (default 2 x rank)")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
+
+    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP API and a web chat page")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1")
+    p.add_argument("--max-tokens", type=int, default=256, help="cap on max_tokens per request")
+    p.add_argument("--workers", type=int, default=1, help="generation threads")
+    p.add_argument("--queue-size", type=int, default=16, help="requests that may wait; beyond that: 429")
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("export", help="write a checkpoint as a Hugging Face transformers (Llama) model")
     p.add_argument("--model", required=True, help="gptmini checkpoint directory")
