@@ -41,6 +41,7 @@ def world(tmp_path_factory):
         "empty.txt": "",
         "huge_line.jsonl": '{"instruction": "' + "a" * 200_000 + '", "response": 7}\n',
         "not_a_list.json": '{"instruction": "a"}',
+        "good.jsonl": GOOD,
     }
     for name, text in files.items():
         (root / name).write_text(text, encoding="utf-8")
@@ -67,6 +68,15 @@ def case_args(root: Path) -> dict[str, tuple[list, str]]:
         cases[f"generate:{name}"] = (["generate", "--model", c(name), "hi"], name)
         cases[f"export:{name}"] = (["export", "--model", c(name), "--out", c("out/hf")], name)
         cases[f"sft-base:{name}"] = (["sft", "--base", c(name), "--data", c("bad_middle.jsonl"), "--out", c("out/s2")], "")
+    for name in ("no_weights", "corrupt_weights", "wrong_shape", "missing_ckpt"):
+        cases[f"chat:{name}"] = (["chat", "--model", c(name)], name)
+        cases[f"serve:{name}"] = (["serve", "--model", c(name), "--port", "1"], name)
+        cases[f"eval-model:{name}"] = (["eval", "--model", c(name), "--data", c("number.jsonl").replace("number", "good")], name)
+    for name in ("truncated.json", "bad_middle.jsonl", "number.jsonl", "binary.jsonl", "latin1.jsonl", "missing.jsonl"):
+        cases[f"eval:{name}"] = (["eval", "--model", c("ckpt"), "--data", c(name), "--out", c("out/eval")], name)
+    cases["eval-compare:corrupt"] = (["eval", "--model", c("ckpt"), "--compare", c("corrupt_weights"), "--data",
+                                      c("good.jsonl"), "--out", c("out/eval")], "corrupt_weights")
+    cases["generate:bad_file"] = (["generate", "--model", c("ckpt"), "--file", c("wrong_fields.jsonl")], "wrong_fields.jsonl:1")
     cases["import-hf:not_hf"] = (["import-hf", c("ckpt"), "--out", c("out/imp")], "ckpt")
     cases["generate:bad_template"] = (["generate", "--model", c("ckpt"), "--template", c("empty.txt"), "hi"], "empty.txt")
     return cases
