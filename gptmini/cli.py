@@ -176,7 +176,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
         raise GptminiError("--out is required (the run folder to write checkpoints into)")
     summary = sft(args.out, args.data, args.base, args.template, args.fields, args.val_data, args.val_fraction,
                   args.tokenizer, args.vocab_size, args.long_examples, args.epochs, model_overrides(args),
-                  train_overrides(args), args.resume, args.overwrite, args.lora_rank, args.lora_alpha)
+                  train_overrides(args), args.resume, args.overwrite, args.lora_rank, args.lora_alpha,
+                  args.lora_embeddings)
     print_summary(summary, args.out)
 
 
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-masks", type=int, metavar="N", help="print N formatted examples with trained tokens marked, then exit")
     p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of every weight")
     p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator (default 2 x rank)")
+    p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
 

@@ -37,8 +37,12 @@ class LoRALinear(nn.Module):
         return self.base.weight + self.scale * (self.lora_b @ self.lora_a)
 
 
-def add_lora(model: GPTMini, rank: int, alpha: float | None = None) -> str:
-    """Freezes `model` and wraps its projections with adapters; returns a one-line report."""
+def add_lora(model: GPTMini, rank: int, alpha: float | None = None, train_embeddings: bool = False) -> str:
+    """Freezes `model` and wraps its projections with adapters; returns a one-line report.
+
+    train_embeddings: also train the token embedding (and the head tied to it) in full: cheap for
+    small vocabularies, and what lets a tiny model's adapters sharpen its answers.
+    """
     if rank < 1:
         raise GptminiError(f"--lora-rank must be at least 1 (got {rank})")
     full = sum(p.numel() for p in model.parameters())
@@ -48,6 +52,9 @@ def add_lora(model: GPTMini, rank: int, alpha: float | None = None) -> str:
             parent_name, attr = path.split(".")
             parent = getattr(block, parent_name)
             setattr(parent, attr, LoRALinear(getattr(parent, attr), rank, alpha or 2.0 * rank))
+    if train_embeddings:
+        model.embed.weight.requires_grad_(True)
+        model.lm_head.weight.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adam_mb = lambda n: 2 * 4 * n / 2**20  # noqa: E731  (two fp32 moments per trained parameter)
     return (f"LoRA rank {rank}: {trainable:,} trainable parameters of {full:,} ({trainable / full:.1%}); "
@@ -79,7 +86,8 @@ def merged(model: GPTMini) -> GPTMini:
 
 
 def save_adapter(model: GPTMini, directory: Path) -> None:
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
+    """Everything that trains (adapters, and embeddings when they train), to resume on the base."""
+    state = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
     save_file(state, str(directory / ADAPTER))
 
 

@@ -89,7 +89,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "truncate",
         epochs: float | None = None, model: dict | None = None, train: dict | None = None,
         resume: bool = False, overwrite: bool = False, lora_rank: int | None = None,
-        lora_alpha: float | None = None) -> dict:
+        lora_alpha: float | None = None, lora_embeddings: bool = False) -> dict:
     """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary.
 
     lora_rank: train LoRA adapters of this rank instead of every weight (see lora.py).
@@ -113,7 +113,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         meta = {k: v for k, v in ckpt.meta.items() if k != "training"}
         if "lora" in meta:  # adapters continue on top of the untouched base
             net = checkpoint.load(meta["source"]["base"], device=cfg.device).model
-            lora.add_lora(net, meta["lora"]["rank"], meta["lora"]["alpha"])
+            lora.add_lora(net, meta["lora"]["rank"], meta["lora"]["alpha"], meta["lora"].get("embeddings", False))
             lora.load_adapter(net, out / "last")
     else:
         tmpl = get_template(template)
@@ -121,8 +121,8 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         net, tok, source = build_model_and_tokenizer(base, records.examples, tmpl, tokenizer, vocab_size, model or {}, cfg.seed)
         meta = {"kind": "sft", "template": tmpl.to_dict(), "source": source}
         if lora_rank:
-            print(lora.add_lora(net, lora_rank, lora_alpha))
-            meta["lora"] = {"rank": lora_rank, "alpha": lora_alpha or 2.0 * lora_rank}
+            print(lora.add_lora(net, lora_rank, lora_alpha, lora_embeddings))
+            meta["lora"] = {"rank": lora_rank, "alpha": lora_alpha or 2.0 * lora_rank, "embeddings": lora_embeddings}
     train_examples, val_examples = split_validation(records.examples, 0 if val_data else val_fraction, cfg.seed)
     if val_data:
         val_records = read_examples(val_data, fields)

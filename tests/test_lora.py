@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, load, save
@@ -31,15 +32,16 @@ def test_adapters_start_at_the_base_and_merge_exactly():
     assert trainable and all(".lora_" in n for n in trainable)
 
 
-def test_lora_sft_trains_only_adapters_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_lora_sft_trains_only_adapters_and_resumes_exactly(tmp_path, monkeypatch, capsys, embeddings):
     base = tiny(tmp_path)
-    args = dict(data=ASSETS / "seed.jsonl", base=str(tmp_path / "base"), lora_rank=4,
+    args = dict(data=ASSETS / "seed.jsonl", base=str(tmp_path / "base"), lora_rank=4, lora_embeddings=embeddings,
                 train={"max_steps": 6, "batch_size": 4, "lr": 1e-2, "save_every": 3, "show_progress": False})
     sft(tmp_path / "straight", **args)
     assert "LoRA rank 4:" in capsys.readouterr().out
     out = load(tmp_path / "straight" / "last")
-    assert out.meta["lora"] == {"rank": 4, "alpha": 8.0}
-    assert torch.equal(out.model.embed.weight, base.embed.weight)  # frozen
+    assert out.meta["lora"] == {"rank": 4, "alpha": 8.0, "embeddings": embeddings}
+    assert torch.equal(out.model.embed.weight, base.embed.weight) != embeddings  # frozen unless asked
     assert not torch.equal(out.model.blocks[0].attn.qkv.weight, base.blocks[0].attn.qkv.weight)  # merged adapters
     original = Trainer.train_step
 
