@@ -1,5 +1,4 @@
 """The real server on 127.0.0.1, spoken to by the official openai client and plain HTTP."""
-import json
 import socket
 import statistics
 import threading

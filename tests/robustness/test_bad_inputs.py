@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, get_template, save
 
