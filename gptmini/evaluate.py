@@ -24,13 +24,17 @@ from .engine import Engine, SamplingParams
 from .errors import GptminiError
 from .model import IGNORE_INDEX
 
+
+
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFC", text).lower()
     kept = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
     return " ".join(kept.split())
 
+
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalize(prediction) == normalize(reference))
+
 
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD-style F1 over normalised word tokens."""
@@ -43,6 +47,7 @@ def token_f1(prediction: str, reference: str) -> float:
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
 
+
 def _lcs(a: list[str], b: list[str]) -> int:
     row = [0] * (len(b) + 1)
     for x in a:
@@ -50,6 +55,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
         for j, y in enumerate(b, 1):
             previous_diagonal, row[j] = row[j], previous_diagonal + 1 if x == y else max(row[j], row[j - 1])
     return row[-1]
+
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1: longest common subsequence of normalised word tokens."""
@@ -61,6 +67,7 @@ def rouge_l(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = lcs / len(pred), lcs / len(ref)
     return 2 * precision * recall / (precision + recall)
+
 
 def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
     """chrF (Popović 2015) as sacrebleu computes it: character n-grams 1..6 without spaces,
@@ -81,11 +88,13 @@ def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> 
     p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
     return 0.0 if p + r == 0 else 100 * (1 + beta**2) * p * r / (beta**2 * p + r)
 
+
 @dataclass
 class ModelReport:
     name: str
     metrics: dict = field(default_factory=dict)
     answers: list[str] = field(default_factory=list)
+
 
 def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: int = 32) -> float:
     """Mean loss on response tokens (+ end-of-text) of the examples, as in training."""
@@ -101,6 +110,7 @@ def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: i
             total += loss.item()
             count += int((targets != IGNORE_INDEX).sum())
     return total / max(count, 1)
+
 
 def evaluate_model(ckpt, template: Template, examples: list[Example], params: SamplingParams,
                    batch_size: int = 32) -> ModelReport:
@@ -119,10 +129,12 @@ def evaluate_model(ckpt, template: Template, examples: list[Example], params: Sa
                    mean_answer_tokens=sum(len(c.token_ids) for c in completions) / len(examples))
     return ModelReport(str(ckpt.path), metrics, answers)
 
+
 def scorable(examples: list[Example]) -> tuple[list[Example], list[str]]:
     """Examples ending with an assistant answer (the reference), and where the others are."""
     keep = [e for e in examples if e.messages[-1]["role"] == "assistant" and len(e.messages) > 1]
     return keep, [e.where for e in examples if e not in keep]
+
 
 def run_eval(models: list[str | Path], examples: list[Example], out: Path, params: SamplingParams,
              template: Template | None = None, batch_size: int = 32) -> list[ModelReport]:
@@ -139,6 +151,7 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
     write_report(out, reports, examples, [Path(m) for m in models])
     return reports
 
+
 def metrics_table(reports: list[ModelReport]) -> str:
     header = "| model | loss | perplexity | exact match | token F1 | ROUGE-L | chrF | stop rate | answer tokens |"
     rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -148,6 +161,7 @@ def metrics_table(reports: list[ModelReport]) -> str:
                     f"{m['token_f1']:.3f} | {m['rouge_l']:.3f} | {m['chrf']:.1f} | {m['stop_rate']:.1%} | "
                     f"{m['mean_answer_tokens']:.1f} |")
     return "\n".join(rows)
+
 
 def write_report(out: Path, reports: list[ModelReport], examples: list[Example], model_dirs: list[Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +180,7 @@ def write_report(out: Path, reports: list[ModelReport], examples: list[Example],
     plot_metrics(out / "metrics.png", reports)
     plot_runs(out / "loss_curves.png", model_dirs)
 
+
 def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
     from .plots import plt
 
@@ -182,6 +197,7 @@ def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+
 
 def plot_runs(png: Path, model_dirs: list[Path]) -> None:
     from .plots import plt, read_metrics
