@@ -25,7 +25,6 @@ from .errors import GptminiError
 from .model import IGNORE_INDEX
 
 
-
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFC", text).lower()
     kept = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
