@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,6 +120,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     train.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CUDA)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None)
+    train.add_argument("--devices", type=int, default=1,
+                       help="processes to train with (DDP via torchrun: gloo on CPU, NCCL with --device cuda)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
 
@@ -300,8 +303,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launch_distributed(argv: list[str], devices: int) -> int:
+    """Re-runs this command under torchrun with `devices` processes (the flag itself removed)."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--devices="):
+            skip = False
+            continue
+        if arg == "--devices":
+            skip = True
+            continue
+        rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+               "-m", "gptmini.cli", *rest]
+    return subprocess.call(command)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if getattr(args, "devices", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_distributed(argv, args.devices)
     try:
         args.func(args)
     except GptminiError as exc:

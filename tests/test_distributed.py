@@ -24,9 +24,8 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(tmp_path, corpu
     single = subprocess.run([sys.executable, "-m", "gptmini.cli", *ARGS, "--data", str(corpus), "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=120)
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                             "-m", "gptmini.cli", *ARGS, "--data", str(corpus), "--out", str(tmp_path / "two")],
-                            capture_output=True, text=True, timeout=120)
+    double = subprocess.run([sys.executable, "-m", "gptmini.cli", *ARGS, "--devices", "2", "--data", str(corpus),
+                             "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=120)
     assert double.returncode == 0, double.stderr
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 9))
