@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from . import checkpoint
 from .data.batches import ExampleBatches, fit_to_context
@@ -116,7 +117,8 @@ def evaluate_model(ckpt, template: Template, examples: list[Example], params: Sa
     engine = Engine(ckpt.model, ckpt.tokenizer, template)
     prompts = [engine.encode_prompt(e.messages[:-1]) for e in examples]
     completions = []
-    for i in range(0, len(prompts), batch_size):
+    name = Path(str(ckpt.path)).name
+    for i in tqdm(range(0, len(prompts), batch_size), desc=f"answering ({name})", unit="batch", leave=False):
         completions += engine.generate(prompts[i:i + batch_size], params)
     references = [e.messages[-1]["content"] for e in examples]
     answers = [c.text for c in completions]
