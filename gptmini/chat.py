@@ -2,75 +2,120 @@
 
 History is formatted with the checkpoint's template and trimmed from the oldest turn (never half
 a turn) so the prompt leaves room for the answer. Commands: /reset, /temp X, /quit. Input may be
-piped, one user turn per line, so sessions can be scripted.
+piped, one user turn per line, so sessions can be scripted; the prompt marker and the banner only
+appear when stdin is a terminal.
 """
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TextIO
 
 from .engine import Engine, SamplingParams
 
 HELP = "commands: /reset (forget the conversation), /temp X (sampling temperature; 0 = greedy), /quit"
+MARKER = "você> "
 
 
 class Conversation:
+    """The turns so far, and how they become the next prompt."""
+
     def __init__(self, engine: Engine, system: str | None = None) -> None:
-        self.engine, self.system, self.turns = engine, system, []
+        self.engine, self.system = engine, system
+        self.turns: list[tuple[str, str]] = []  # (user, assistant) pairs, oldest first
 
     def reset(self) -> None:
         self.turns = []
 
+    def messages(self, user_text: str, turns: list[tuple[str, str]] | None = None) -> list[dict]:
+        history = self.turns if turns is None else turns
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        past = [m for user, answer in history
+                for m in ({"role": "user", "content": user}, {"role": "assistant", "content": answer})]
+        return system + past + [{"role": "user", "content": user_text}]
+
     def prompt_ids(self, user_text: str, max_new_tokens: int) -> list[int]:
-        """The template-formatted history + this turn, dropping the oldest turns until it fits."""
+        """The template-formatted history + this turn, dropping the oldest turns until it fits.
+
+        The budget is the engine's (context minus max_new_tokens, but at least half the context),
+        so what is kept here is exactly what the engine will see. The system message always stays;
+        a single turn too long for the budget is left to the engine, which keeps its end.
+        """
         budget = self.engine.prompt_budget(max_new_tokens)
         turns = list(self.turns)
         while True:
-            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-                m for user, answer in turns for m in ({"role": "user", "content": user}, {"role": "assistant", "content": answer})]
-            ids = self.engine.encode_prompt(messages + [{"role": "user", "content": user_text}])
+            ids = self.engine.encode_prompt(self.messages(user_text, turns))
             if len(ids) <= budget or not turns:
                 return ids
             turns.pop(0)
 
-    def reply(self, user_text: str, params: SamplingParams, on_text=None) -> str:
+    def reply(self, user_text: str, params: SamplingParams,
+              on_text: Callable[[int, str], None] | None = None) -> str:
+        """Answers `user_text` (streaming through `on_text`) and adds the turn to the history."""
         ids = self.prompt_ids(user_text, params.max_new_tokens)
         [completion] = self.engine.generate([ids], params, on_text=on_text)
+        if completion.prompt_truncated:
+            print(f"(note: the message was too long; its first {completion.prompt_truncated} tokens were dropped)",
+                  file=sys.stderr)
         self.turns.append((user_text, completion.text))
         return completion.text
 
 
+def read_line(stdin: TextIO, stdout: TextIO, interactive: bool) -> str | None:
+    """The next line without its newline; None at end of input (Ctrl-D) or Ctrl-C at the prompt."""
+    try:
+        if interactive and stdin is sys.stdin and stdout is sys.stdout:
+            return input(MARKER)  # readline editing: arrows, history, accented characters
+        if interactive:
+            stdout.write(MARKER)
+            stdout.flush()
+        line = stdin.readline()
+        return line.rstrip("\r\n") if line else None
+    except (EOFError, KeyboardInterrupt):
+        if interactive:
+            stdout.write("\n")
+        return None
+
+
 def run_chat(conversation: Conversation, params: SamplingParams, stdin: TextIO = sys.stdin,
              stdout: TextIO = sys.stdout) -> None:
+    """The read-answer loop until /quit or end of input. Ctrl-C while answering stops that answer."""
     interactive = stdin.isatty()
     if interactive:
         print(f"gptmini chat — {HELP}", file=stdout)
+        try:
+            import readline  # noqa: F401  (importing it is what turns on line editing for input())
+        except ImportError:  # Windows
+            pass
 
     def show(_, delta: str) -> None:
         stdout.write(delta)
         stdout.flush()
 
-    while True:
-        if interactive:
-            stdout.write("você> ")
-            stdout.flush()
-        line = stdin.readline()
-        if not line or line.strip() == "/quit":
+    while (line := read_line(stdin, stdout, interactive)) is not None:
+        text = line.strip()
+        command, _, argument = text.partition(" ")
+        if command == "/quit":
             return
-        text = line.rstrip("\n")
-        if text.strip() == "/reset":
+        if command == "/reset":
             conversation.reset()
             print("(conversation reset)", file=stdout)
-        elif text.startswith("/temp"):
+        elif command == "/temp":
             try:
-                params = replace(params, temperature=float(text.split()[1]))
+                temperature = float(argument)
+                if not temperature >= 0:  # also rejects nan
+                    raise ValueError
+                params = replace(params, temperature=temperature)
                 print(f"(temperature {params.temperature})", file=stdout)
-            except (IndexError, ValueError):
-                print("(usage: /temp 0.7)", file=stdout)
-        elif text.startswith("/"):
+            except ValueError:
+                print("(usage: /temp 0.7 — a number >= 0; 0 = greedy)", file=stdout)
+        elif command.startswith("/"):
             print(f"(unknown command; {HELP})", file=stdout)
-        elif text.strip():
-            conversation.reply(text, params, on_text=show)
+        elif text:
+            try:
+                conversation.reply(line, params, on_text=show)
+            except KeyboardInterrupt:  # the half answer is dropped: it is not kept in the history
+                stdout.write(" (interrupted)")
             stdout.write("\n")
             stdout.flush()

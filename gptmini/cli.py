@@ -37,9 +37,12 @@ def read_prompts(path: str) -> list[str]:
             continue
         try:
             record = json.loads(line)
-            prompts.append(record["prompt"] if "prompt" in record else record["instruction"])
+            prompt = record["prompt"] if "prompt" in record else record["instruction"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise GptminiError(f"{path}:{n}: expected a JSON object with \"prompt\" or \"instruction\"") from None
+            prompt = None
+        if not isinstance(prompt, str):
+            raise GptminiError(f"{path}:{n}: expected a JSON object with a text \"prompt\" or \"instruction\"")
+        prompts.append(prompt)
     return prompts
 
 
@@ -76,18 +79,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .data.records import read_examples
     from .data.templates import get_template
-    from .evaluate import metrics_table, run_eval
+    from .evaluate import metrics_table, read_eval_data, run_eval
 
-    records = read_examples(args.data, args.fields)
+    records = read_eval_data(args.data, args.fields)
     print(f"data: {records.report()}")
     out = Path(args.out or Path(args.model) / "eval")
     template = get_template(args.template) if args.template else None
     reports = run_eval([args.model, *args.compare], records.examples, out, sampling_params(args), template,
-                       args.batch_size)
+                       args.batch_size, records.skipped, args.device)
     print(metrics_table(reports))
-    print(f"report: {out / 'report.md'} (+ report.json, metrics.png, loss_curves.png)")
+    charts = [name for name in ("metrics.png", "loss_curves.png") if (out / name).is_file()]
+    print(f"report: {out / 'report.md'} (+ report.json, {', '.join(charts)})")
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -97,7 +100,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .engine import Engine
 
     ckpt = load(args.model, device=args.device)
-    template = get_template(args.template) if args.template else (ckpt.template or get_template())
+    template = get_template(args.template) if args.template else ckpt.template
+    if template is None:  # a base model: it was never taught a template, so any is a guess
+        template = get_template()
+        print(f"note: {args.model} has no template (a base model?); using {template.name!r} (--template to choose)",
+              file=sys.stderr)
     run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template), args.system), sampling_params(args))
 
 
@@ -206,7 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import run_server
 
     run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
-               workers=args.workers, queue_size=args.queue_size)
+               workers=args.workers, queue_size=args.queue_size, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
     p.add_argument("--template", help="template for checkpoints without one (a base model)")
     p.add_argument("--out", help="report folder (default: MODEL/eval)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="prompts answered together (and loss batch size)")
+    p.add_argument("--device", default="cpu")
     add_sampling_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -281,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="cap on max_tokens per request")
     p.add_argument("--workers", type=int, default=1, help="generation threads")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait; beyond that: 429")
+    p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("export", help="write a checkpoint as a Hugging Face transformers (Llama) model")

@@ -8,7 +8,7 @@ tokens, so there is always room to answer; the cut is reported in `Completion.pr
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -131,6 +131,26 @@ class Engine:
         for row, delta in self._events(prompts, params, rows):
             if on_text:
                 on_text(row, delta)
+        return self._completions(prompts, params, rows)
+
+    def stream_completion(self, prompt: list[int], params: SamplingParams) -> Generator[str, None, Completion]:
+        """One prompt, one event per generated token: its text delta ("" while the text is held
+        back, e.g. a possible start of a stop string), then the Completion as the return value.
+
+        Closing the generator between two tokens ends the generation (a server's client left).
+        """
+        [row] = rows = self._new_rows([prompt], params)
+        for tokens in self._token_steps([prompt], params):
+            yield row.push(int(tokens[0]), self.tokenizer.eot_id)
+            if row.finish_reason:
+                break
+        else:
+            row.finish_reason = "length"
+            if delta := row.flush():
+                yield delta
+        return self._completions([prompt], params, rows)[0]
+
+    def _completions(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row]) -> list[Completion]:
         budget = self.prompt_budget(params.max_new_tokens)
         return [
             Completion(r.text, r.ids, min(len(p), budget), r.finish_reason, max(0, len(p) - budget))

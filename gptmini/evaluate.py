@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
+from .data import records
 from .data.batches import ExampleBatches, fit_to_context
-from .data.records import Example
+from .data.records import Example, Records
 from .data.templates import Template
 from .engine import Engine, SamplingParams
 from .errors import GptminiError
@@ -27,12 +28,14 @@ from .model import IGNORE_INDEX
 
 
 def normalize(text: str) -> str:
+    """NFC, lower case, punctuation/symbols -> space, spaces collapsed; accents stay."""
     text = unicodedata.normalize("NFC", text).lower()
     kept = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
     return " ".join(kept.split())
 
 
 def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the answers are equal after `normalize` (case and punctuation ignored, accents not)."""
     return float(normalize(prediction) == normalize(reference))
 
 
@@ -72,8 +75,9 @@ def rouge_l(prediction: str, reference: str) -> float:
 def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
     """chrF (Popović 2015) as sacrebleu computes it: character n-grams 1..6 without spaces,
     precision and recall averaged over n, then F-beta (beta 2), on a 0..100 scale. Case and
-    accents count."""
-    pred, ref = "".join(prediction.split()), "".join(reference.split())
+    accents count; NFC first so that a decomposed "não" equals a composed one. Two empty strings
+    score 100 (sacrebleu says 0), like exact match and F1 do."""
+    pred, ref = ("".join(unicodedata.normalize("NFC", t).split()) for t in (prediction, reference))
     precisions, recalls = [], []
     for n in range(1, max_n + 1):
         p_grams = Counter(pred[i:i + n] for i in range(len(pred) - n + 1))
@@ -89,6 +93,22 @@ def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> 
     return 0.0 if p + r == 0 else 100 * (1 + beta**2) * p * r / (beta**2 * p + r)
 
 
+def read_eval_data(path: str | Path, fields: dict | str | None = None) -> Records:
+    """Like `read_examples`, but a record without an answer is kept as a prompt only, so that eval
+    counts it as unscorable instead of rejecting the whole file. Any other problem still fails."""
+    return records.read_examples(path, fields, require_answer=False)
+
+
+def instruction_of(example: Example) -> str:
+    """The last user turn (with its input, if any): what the answer responds to."""
+    user = next((m for m in reversed(example.messages) if m["role"] == "user"), example.messages[0])
+    return user["content"] + (f"\n\n{user['input']}" if user.get("input") else "")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class ModelReport:
     name: str
@@ -97,15 +117,20 @@ class ModelReport:
 
 
 def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: int = 32) -> float:
-    """Mean loss on response tokens (+ end-of-text) of the examples, as in training."""
+    """Mean loss on response tokens (+ end-of-text) of the examples, as in training: an example
+    longer than the context is cut the way training cuts it. NaN when no response token fits."""
     ctx = ckpt.model.config.context_size
+    device = ckpt.model.embed.weight.device
     sequences = []
     for example in examples:
         ids, labels = template.encode(ckpt.tokenizer, example.messages)
         sequences += fit_to_context(ids, labels, ctx + 1)[0]
+    if not sequences:
+        return math.nan
     total = count = 0.0
     with torch.inference_mode():
         for idx, targets in ExampleBatches(sequences, batch_size, 0, ckpt.tokenizer.pad_id).eval_batches():
+            idx, targets = idx.to(device), targets.to(device)
             _, loss = ckpt.model(idx, targets, loss_reduction="sum")
             total += loss.item()
             count += int((targets != IGNORE_INDEX).sum())
@@ -113,47 +138,75 @@ def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: i
 
 
 def evaluate_model(ckpt, template: Template, examples: list[Example], params: SamplingParams,
-                   batch_size: int = 32) -> ModelReport:
+                   batch_size: int = 32, name: str | None = None) -> ModelReport:
+    """Answers every example's prompt (all messages but the final answer) and scores the answers."""
     engine = Engine(ckpt.model, ckpt.tokenizer, template)
     prompts = [engine.encode_prompt(e.messages[:-1]) for e in examples]
     completions = []
-    name = Path(str(ckpt.path)).name
-    for i in tqdm(range(0, len(prompts), batch_size), desc=f"answering ({name})", unit="batch", leave=False):
+    name = name or str(ckpt.path)
+    for i in tqdm(range(0, len(prompts), batch_size), desc=f"answering ({Path(name).name})", unit="batch",
+                  leave=False):
         completions += engine.generate(prompts[i:i + batch_size], params)
     references = [e.messages[-1]["content"] for e in examples]
     answers = [c.text for c in completions]
     loss = masked_loss(ckpt, template, examples, batch_size)
-    metrics = {name: sum(fn(a, r) for a, r in zip(answers, references)) / len(examples)
-               for name, fn in (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l), ("chrf", chrf))}
-    metrics.update(loss=loss, perplexity=math.exp(min(loss, 50)),
+    scores = (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l), ("chrf", chrf))
+    metrics = {key: sum(fn(a, r) for a, r in zip(answers, references)) / len(examples) for key, fn in scores}
+    metrics.update(loss=loss, perplexity=math.exp(min(loss, 50)),  # min: no overflow for a random model
                    stop_rate=sum(c.finish_reason == "stop" for c in completions) / len(examples),
                    mean_answer_tokens=sum(len(c.token_ids) for c in completions) / len(examples))
-    return ModelReport(str(ckpt.path), metrics, answers)
+    return ModelReport(name, metrics, answers)
 
 
 def scorable(examples: list[Example]) -> tuple[list[Example], list[str]]:
-    """Examples ending with an assistant answer (the reference), and where the others are."""
-    keep = [e for e in examples if e.messages[-1]["role"] == "assistant" and len(e.messages) > 1]
-    return keep, [e.where for e in examples if e not in keep]
+    """Examples ending with an assistant answer (the reference) to a user turn, and where the others are."""
+    keep, unscored = [], []
+    for e in examples:
+        if e.messages[-1]["role"] == "assistant" and any(m["role"] == "user" for m in e.messages[:-1]):
+            keep.append(e)
+        else:
+            unscored.append(e.where)
+    return keep, unscored
+
+
+def unique_names(models: list[str | Path]) -> list[str]:
+    """Column names for the report; the same checkpoint given twice gets "#2" so no column is lost."""
+    names = []
+    for m in models:
+        name, k = str(m), 2
+        while name in names:
+            name, k = f"{m}#{k}", k + 1
+        names.append(name)
+    return names
 
 
 def run_eval(models: list[str | Path], examples: list[Example], out: Path, params: SamplingParams,
-             template: Template | None = None, batch_size: int = 32) -> list[ModelReport]:
+             template: Template | None = None, batch_size: int = 32, skipped: list[str] = (),
+             device: str = "cpu") -> list[ModelReport]:
+    """Evaluates every checkpoint on the examples and writes the report into `out`.
+
+    `template` is for checkpoints without one (base models); by default they borrow the first
+    template found among `models`. `skipped` (records the reader left out) goes into the report.
+    """
     examples, unscored = scorable(examples)
     if not examples:
-        raise GptminiError("no record has a reference answer to score against")
+        raise GptminiError("no record has a reference answer to score against (the last message of each "
+                           "record is the reference; name the answer column with --fields response=COLUMN)")
     if unscored:
-        print(f"note: {len(unscored)} records have no reference answer and were skipped (first: {unscored[0]})")
-    ckpts = [checkpoint.load(m) for m in models]
+        print(f"note: {plural(len(unscored), 'record')} without a reference answer, not scored (first: {unscored[0]})")
+    ckpts = [checkpoint.load(m, device=device) for m in models]  # all first: a bad one fails before any work
     template = template or next((c.template for c in ckpts if c.template), None)
     if template is None:
         raise GptminiError("none of the models has a template: pass --template (e.g. comando)")
-    reports = [evaluate_model(c, c.template or template, examples, params, batch_size) for c in ckpts]
-    write_report(out, reports, examples, [Path(m) for m in models])
+    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name)
+               for c, name in zip(ckpts, unique_names(models))]
+    data = {"scored": len(examples), "skipped": list(skipped), "no_reference": unscored}
+    write_report(out, reports, examples, [Path(m) for m in models], data)
     return reports
 
 
 def metrics_table(reports: list[ModelReport]) -> str:
+    """The metrics as a markdown table, one row per model (printed, and the top of report.md)."""
     header = "| model | loss | perplexity | exact match | token F1 | ROUGE-L | chrF | stop rate | answer tokens |"
     rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
@@ -164,22 +217,37 @@ def metrics_table(reports: list[ModelReport]) -> str:
     return "\n".join(rows)
 
 
-def write_report(out: Path, reports: list[ModelReport], examples: list[Example], model_dirs: list[Path]) -> None:
+def write_report(out: Path, reports: list[ModelReport], examples: list[Example], model_dirs: list[Path],
+                 data: dict | None = None) -> list[Path]:
+    """report.md, report.json, metrics.png and (when the runs logged metrics) loss_curves.png."""
     out.mkdir(parents=True, exist_ok=True)
-    cell = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["# Evaluation", "", metrics_table(reports), "", "## Answers", "",
+    data = data or {"scored": len(examples), "skipped": [], "no_reference": []}
+
+    def cell(text: str) -> str:  # one markdown table cell: no "|" or line break may end it early
+        return text.replace("|", "\\|").replace("\n", " ") or " "
+
+    counts = (f"{plural(data['scored'], 'example')} scored; {plural(len(data['skipped']), 'record')} skipped "
+              f"(empty field); {len(data['no_reference'])} without a reference answer.")
+    lines = ["# Evaluation", "", counts, "", metrics_table(reports), "", "## Answers", "",
              "| instruction | reference | " + " | ".join(r.name for r in reports) + " |",
              "|---|---|" + "---|" * len(reports)]
     for i, e in enumerate(examples):
         answers = " | ".join(cell(r.answers[i]) for r in reports)
-        lines.append(f"| {cell(e.messages[-2]['content'])} | {cell(e.messages[-1]['content'])} | {answers} |")
+        lines.append(f"| {cell(instruction_of(e))} | {cell(e.messages[-1]['content'])} | {answers} |")
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    data = {"models": [{"model": r.name, "metrics": r.metrics} for r in reports],
-            "examples": [{"where": e.where, "instruction": e.messages[-2]["content"], "reference": e.messages[-1]["content"],
-                          "answers": {r.name: r.answers[i] for r in reports}} for i, e in enumerate(examples)]}
-    (out / "report.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    models = [{"model": r.name, "metrics": {k: None if math.isnan(v) else v for k, v in r.metrics.items()}}
+              for r in reports]  # NaN (loss when nothing fit the context) is not JSON: null
+    report = {"data": data, "models": models,
+              "examples": [{"where": e.where, "instruction": instruction_of(e), "reference": e.messages[-1]["content"],
+                            "answers": {r.name: r.answers[i] for r in reports}} for i, e in enumerate(examples)]}
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    written = [out / "report.md", out / "report.json", out / "metrics.png"]
     plot_metrics(out / "metrics.png", reports)
-    plot_runs(out / "loss_curves.png", model_dirs)
+    if plot_runs(out / "loss_curves.png", model_dirs):
+        written.append(out / "loss_curves.png")
+    else:  # a chart left from an earlier report would describe other runs
+        (out / "loss_curves.png").unlink(missing_ok=True)
+    return written
 
 
 def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
@@ -190,8 +258,10 @@ def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
     width = 0.8 / len(reports)
     for k, r in enumerate(reports):
         values = [r.metrics[n] / (100 if n == "chrf" else 1) for n in names]
-        ax.bar([i + k * width for i in range(len(names))], values, width, label=Path(r.name).parent.name + "/" + Path(r.name).name)
-    ax.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(names))], ["exact match", "token F1", "ROUGE-L", "chrF/100", "stop rate"])
+        label = Path(r.name).parent.name + "/" + Path(r.name).name
+        ax.bar([i + k * width for i in range(len(names))], values, width, label=label)
+    ax.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(names))],
+                  ["exact match", "token F1", "ROUGE-L", "chrF/100", "stop rate"])
     ax.set_ylim(0, 1.05)
     ax.legend()
     ax.set_title("answers vs references")
@@ -200,20 +270,30 @@ def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
     plt.close(fig)
 
 
-def plot_runs(png: Path, model_dirs: list[Path]) -> None:
+def plot_runs(png: Path, model_dirs: list[Path]) -> bool:
+    """Train/validation loss of each checkpoint's run (metrics.jsonl beside it); False if none has one."""
     from .plots import plt, read_metrics
 
-    runs = [(d, read_metrics(d.parent / "metrics.jsonl")) for d in model_dirs]
-    runs = [(d, rows) for d, rows in runs if rows]
+    runs, seen = [], set()
+    for d in model_dirs:  # best/ and last/ of one run share its metrics: draw the run once
+        metrics_file = d.resolve().parent / "metrics.jsonl"
+        try:
+            rows = [] if metrics_file in seen else [r for r in read_metrics(metrics_file) if "train_loss" in r]
+        except (OSError, ValueError):  # a run killed mid-write; the chart is a bonus, not worth failing for
+            rows = []
+        if rows:
+            seen.add(metrics_file)
+            runs.append((d, rows))
     if not runs:
-        return
+        return False
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     for d, rows in runs:
-        line, = ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label=f"{d.parent.name} train")
+        run = d.resolve().parent.name
+        line, = ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label=f"{run} train")
         val = [r for r in rows if r.get("val_loss") is not None]
         if val:
             ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o--", color=line.get_color(),
-                    label=f"{d.parent.name} validation")
+                    label=f"{run} validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -221,3 +301,4 @@ def plot_runs(png: Path, model_dirs: list[Path]) -> None:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+    return True

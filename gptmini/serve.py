@@ -1,49 +1,65 @@
 """`gptmini serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) and a small web chat page.
 
-Generation runs in a pool of worker threads, off the event loop; each request has its own KV
-cache (the model's weights are only read). Requests beyond the workers wait in a bounded queue;
-when it is full the server answers 429 instead of growing without bound. A client that goes away
-mid-stream stops its generation at the next token, freeing its place.
+Generation runs in a pool of worker threads, off the event loop; each request has its own
+generation and so its own KV cache (the model's weights are only read, under inference mode).
+Requests beyond the workers wait in a bounded queue; when it is full the server answers 429
+instead of growing without bound. A client that goes away stops its generation at the next token,
+and a request's place is given back when its generation ends, whatever ends it.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import socket
+import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import checkpoint
 from .data.templates import get_template
 from .engine import Completion, Engine, SamplingParams
+from .errors import GptminiError
 
 STATIC = Path(__file__).resolve().parent / "static"
+PUBLIC_PATHS = ("/", "/health")  # everything else needs the key when there is one
+INT64 = 2**63
 
 
 class Message(BaseModel):
-    role: str = Field(pattern="^(system|user|assistant)$")
+    model_config = ConfigDict(strict=True)
+    role: Literal["system", "user", "assistant"]
     content: str
 
 
 class Sampling(BaseModel):
-    model: str | None = None
+    """Fields both endpoints take; types are strict ("5" is not a number), unknown fields ignored."""
+
+    model_config = ConfigDict(strict=True)
+    model: str | None = None  # one model per server: any name is accepted
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # OpenAI's default; 0 is greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
+    n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # the newer name of max_tokens
 
 
 class CompletionRequest(Sampling):
@@ -57,8 +73,11 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 
 
-def error_response(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+def error_response(status: int, message: str, kind: str, code: str | None = None, param: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
 
 
 class Cancelled(Exception):
@@ -66,50 +85,158 @@ class Cancelled(Exception):
 
 
 class Server:
+    """The engine, the worker pool, and the count of admitted requests (touched on the event loop only)."""
+
     def __init__(self, ckpt: checkpoint.Checkpoint, name: str, max_tokens: int, workers: int, queue_size: int) -> None:
         self.engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template or get_template())
         self.name, self.max_tokens, self.capacity = name, max_tokens, workers + queue_size
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gptmini-generate")
-        self.active = 0  # requests generating or waiting; only touched on the event loop
+        self.active = 0  # requests generating or waiting for a worker
+        self.closed = False
 
-    def params(self, body: Sampling, prompt_tokens: int) -> SamplingParams:
+    def params(self, body: Sampling, prompt_tokens: int, param: str) -> SamplingParams:
         context = self.engine.model.config.context_size
         if prompt_tokens >= context:
             raise ApiError(400, f"the prompt has {prompt_tokens} tokens; this model's context holds {context} "
-                                f"(prompt and answer together): shorten it", code="context_length_exceeded", param="messages")
-        requested = body.max_tokens or self.max_tokens
-        if requested > self.max_tokens:
+                                f"(prompt and answer together): shorten it", code="context_length_exceeded", param=param)
+        requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if requested is not None and requested > self.max_tokens:
             raise ApiError(400, f"max_tokens {requested} is above this server's limit of {self.max_tokens}",
                            param="max_tokens")
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        # Fit the answer in what the window has left, so the prompt is never cut.
-        return SamplingParams(min(requested, context - prompt_tokens), body.temperature,
-                              None, body.top_p, body.seed, tuple(stop))
+        stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
+        # The answer gets what the window has left, so the prompt is never cut.
+        return SamplingParams(min(requested or self.max_tokens, context - prompt_tokens), body.temperature,
+                              None, body.top_p, body.seed, tuple(s for s in stop if s))
 
-    def admit(self) -> None:
+    def start(self, ids: list[int], params: SamplingParams, stream: bool) -> Job:
         if self.active >= self.capacity:
             raise ApiError(429, f"server busy: {self.active} requests in progress or queued; retry shortly",
                            kind="rate_limit_error", code="queue_full")
         self.active += 1
+        try:
+            return Job(self, ids, params, stream)
+        except BaseException:
+            self.active -= 1
+            raise
 
-    def run(self, ids: list[int], params: SamplingParams, on_text=None, cancelled=lambda: False) -> Completion:
-        def callback(_, delta):
-            if cancelled():
-                raise Cancelled
-            if on_text:
-                on_text(delta)
-        return self.engine.generate([ids], params, on_text=callback)[0]
+    def run(self, ids: list[int], params: SamplingParams, on_text: Callable[[str], None] | None = None,
+            cancelled: Callable[[], bool] = lambda: False) -> Completion:
+        """One generation, on a worker thread; `cancelled` is checked before every token."""
+        steps = self.engine.stream_completion(ids, params)
+        try:
+            while True:
+                if cancelled():
+                    raise Cancelled
+                delta = next(steps)
+                if delta and on_text:
+                    on_text(delta)
+        except StopIteration as end:
+            return end.value
+        finally:
+            steps.close()
+
+    def close(self) -> None:
+        self.closed = True  # running generations stop at their next token
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Job:
+    """One request's generation on the worker pool. With `stream`, its text deltas arrive on
+    `deltas` (None after the last). When it ends, however it ends, its place is given back."""
+
+    def __init__(self, server: Server, ids: list[int], params: SamplingParams, stream: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.server, self.cancelled = server, False
+        self.deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        on_text = (lambda delta: loop.call_soon_threadsafe(self.deltas.put_nowait, delta)) if stream else None
+        self.future = loop.run_in_executor(server.pool, server.run, ids, params, on_text,
+                                           lambda: self.cancelled or server.closed)
+        self.future.add_done_callback(self._ended)  # runs on the loop, after every delta was queued
+
+    def _ended(self, future: asyncio.Future) -> None:
+        if not future.cancelled():
+            future.exception()  # mark it seen: nobody awaits a generation whose client left
+        self.server.active -= 1
+        self.deltas.put_nowait(None)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose job is cancelled however the response ends, even when the client
+    left before the first byte (the event generator then never runs)."""
+
+    def __init__(self, events: AsyncIterator[str], job: Job) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+class RequireKey:
+    """ASGI middleware: 'Authorization: Bearer KEY' on every path but the page and /health."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                response = error_response(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                          "authentication_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable line (and the offending top-level field) from pydantic's errors."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ())][1:]  # drop the leading "body"
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})", None
+    if not loc:
+        return f"the body must be a JSON object ({first.get('msg')})", None
+    # A union (stop: str | list) reports one error per alternative: name the field, give them all.
+    same = [e for e in errors if [str(p) for p in e.get("loc", ())][1:2] == loc[:1]]
+    if len(same) > 1:
+        return f"{loc[0]}: " + "; or ".join(dict.fromkeys(e["msg"] for e in same)), loc[0]
+    return f"{'.'.join(loc)}: {first.get('msg')}", loc[0]
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was already read, so only that message is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = None, max_tokens: int = 256,
-               workers: int = 1, queue_size: int = 16) -> FastAPI:
-    ckpt = model if isinstance(model, checkpoint.Checkpoint) else checkpoint.load(model)
+               workers: int = 1, queue_size: int = 16, device: str = "cpu") -> FastAPI:
+    if workers < 1 or queue_size < 0 or max_tokens < 1:
+        raise GptminiError(f"need --workers >= 1, --queue-size >= 0 and --max-tokens >= 1 "
+                           f"(got {workers}, {queue_size}, {max_tokens})")
+    ckpt = model if isinstance(model, checkpoint.Checkpoint) else checkpoint.load(model, device=device)
     name = Path(ckpt.path).name if ckpt.path else "gptmini"
     if name in ("last", "best") and ckpt.path:
         name = f"{Path(ckpt.path).parent.name}/{name}"
     server = Server(ckpt, name, max_tokens, workers, queue_size)
-    app = FastAPI(title="gptmini", version="1")
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        server.close()
+
+    app = FastAPI(title="gptmini", version="1", lifespan=lifespan)
     app.state.server = server
+    if api_key:
+        app.add_middleware(RequireKey, key=api_key)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -117,61 +244,62 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        return error_response(400, f"invalid request: {where or 'body'}: {first.get('msg')}", "invalid_request_error",
-                              param=where or None)
+        message, param = validation_message(exc)
+        return error_response(400, f"invalid request: {message}", "invalid_request_error", param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return error_response(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                      "authentication_error", "invalid_api_key")
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):  # the traceback goes to the server's log
+        return error_response(500, "internal server error", "server_error")
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html")
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.name, "active": server.active}
+        return {"status": "ok", "model": server.name, "active": server.active, "capacity": server.capacity}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": server.name, "object": "model", "created": 0, "owned_by": "gptmini"}]}
+        return {"object": "list",
+                "data": [{"id": server.name, "object": "model", "created": started, "owned_by": "gptmini"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
+        if body.messages[-1].role != "user":
+            raise ApiError(400, "the last message must be the user's: the assistant answers it", param="messages")
         ids = server.engine.encode_prompt([m.model_dump() for m in body.messages])
-        return await respond(body, ids, chat=True)
+        return await respond(body, ids, request, chat=True)
 
     @app.post("/v1/completions")
-    async def complete(body: CompletionRequest):
-        return await respond(body, server.engine.encode_prompt(body.prompt), chat=False)
+    async def complete(body: CompletionRequest, request: Request):
+        return await respond(body, server.engine.encode_prompt(body.prompt), request, chat=False)
 
-    async def respond(body: Sampling, ids: list[int], chat: bool):
-        params = server.params(body, len(ids))
-        server.admit()
+    async def respond(body: Sampling, ids: list[int], request: Request, chat: bool):
+        params = server.params(body, len(ids), "messages" if chat else "prompt")
+        job = server.start(ids, params, body.stream)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return StreamingResponse(stream(ident, ids, params, chat), media_type="text/event-stream")
+            return EventStream(events(ident, job, len(ids), chat), job)
+        gone = asyncio.ensure_future(disconnected(request))
         try:
-            done = await asyncio.get_running_loop().run_in_executor(server.pool, server.run, ids, params)
+            await asyncio.wait([job.future, gone], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            server.active -= 1
-        choice = ({"message": {"role": "assistant", "content": done.text}} if chat else {"text": done.text})
+            gone.cancel()
+            job.cancel()  # no-op when it has finished; otherwise its client left (or the server stops)
+        if not job.future.done():
+            return error_response(499, "client closed the request", "invalid_request_error")
+        done = job.future.result()
+        choice = {"message": {"role": "assistant", "content": done.text}} if chat else {"text": done.text, "logprobs": None}
         return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": server.name, "choices": [{"index": 0, **choice, "finish_reason": done.finish_reason}],
                 "usage": usage(len(ids), done)}
 
-    async def stream(ident: str, ids: list[int], params: SamplingParams, chat: bool):
-        loop, queue, gone = asyncio.get_running_loop(), asyncio.Queue(), [False]
+    async def events(ident: str, job: Job, prompt_tokens: int, chat: bool) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(delta: dict | str, finish: str | None = None, **extra) -> str:
@@ -180,23 +308,18 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
                     "choices": [{"index": 0, **choice, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-        def on_text(delta: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
-
-        job = loop.run_in_executor(server.pool, server.run, ids, params, on_text, lambda: gone[0])
-        # The callback runs on the loop: it marks the outcome as seen and ends the delta stream.
-        job.add_done_callback(lambda f: (f.cancelled() or f.exception(), queue.put_nowait(None)))
+        if chat:
+            yield chunk({"role": "assistant", "content": ""})
+        while (delta := await job.deltas.get()) is not None:
+            yield chunk({"content": delta} if chat else delta)
         try:
-            if chat:
-                yield chunk({"role": "assistant", "content": ""})
-            while (delta := await queue.get()) is not None:
-                yield chunk({"content": delta} if chat else delta)
-            done = await job
-            yield chunk({} if chat else "", done.finish_reason, usage=usage(len(ids), done))
-            yield "data: [DONE]\n\n"
-        finally:
-            gone[0] = True  # a client that left stops the generation at its next token
-            server.active -= 1
+            done = await job.future
+        except Exception:  # headers are sent: report it in the stream, as OpenAI does
+            error = {"message": "internal server error", "type": "server_error", "param": None, "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+            return
+        yield chunk({} if chat else "", done.finish_reason, usage=usage(prompt_tokens, done))
+        yield "data: [DONE]\n\n"
 
     return app
 
@@ -206,9 +329,28 @@ def usage(prompt_tokens: int, done: Completion) -> dict:
             "total_tokens": prompt_tokens + len(done.token_ids)}
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy port is one clear error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise GptminiError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
 def run_server(model: str | Path, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     import uvicorn
 
     app = create_app(model, **options)
-    print(f"gptmini serving {model} on http://{host}:{port}/  (OpenAI API under /v1)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = listen(host, port)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+    if host not in ("127.0.0.1", "localhost", "::1") and not options.get("api_key"):
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
+    server = app.state.server
+    print(f"gptmini serving {model} as {server.name!r}: web chat at {url}/, OpenAI API at {url}/v1 "
+          f"({options.get('workers', 1)} worker(s), {server.capacity} requests at most)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

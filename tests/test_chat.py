@@ -1,8 +1,9 @@
+import io
 import subprocess
 import sys
 
 from gptmini import Engine, GPTConfig, GPTMini, SamplingParams, get_template, save
-from gptmini.chat import Conversation
+from gptmini.chat import HELP, Conversation, run_chat
 
 
 def test_chat_over_stdin_answers_streams_resets_and_quits(tmp_path, tiny_model, char_tokenizer):
@@ -30,3 +31,28 @@ def test_history_is_trimmed_by_whole_turns_and_reset_starts_fresh(char_tokenizer
                                         {"role": "user", "content": "oi"}])  # oldest turn dropped whole
     convo.reset()
     assert convo.prompt_ids("oi", 16) == Conversation(engine).prompt_ids("oi", 16)
+
+
+def test_commands_and_end_of_input_in_process(tiny_model, char_tokenizer):
+    engine = Engine(tiny_model, char_tokenizer, get_template())
+    params = SamplingParams(max_new_tokens=8)
+    deltas = []
+    answer = Conversation(engine).reply("Olá", params, on_text=lambda _, d: deltas.append(d))
+    assert len(answer) > 1 and deltas == list(answer)  # streamed: one piece per (character) token
+    stdin = io.StringIO("/temp abc\n/temp -1\n/temp 0\n/bogus\n\n   \nOlá\n")  # then end of input, no /quit
+    stdout = io.StringIO()
+    run_chat(Conversation(engine), params, stdin, stdout)
+    usage = "(usage: /temp 0.7 — a number >= 0; 0 = greedy)\n"
+    unknown = f"(unknown command; {HELP})\n"
+    # blank lines are not turns; no prompt marker when stdin is not a terminal
+    assert stdout.getvalue() == usage * 2 + "(temperature 0.0)\n" + unknown + answer + "\n"
+
+
+def test_system_message_stays_when_history_is_trimmed(char_tokenizer):
+    model = GPTMini(GPTConfig(vocab_size=char_tokenizer.vocab_size, context_size=128, d_model=16, n_heads=2, n_layers=1))
+    engine = Engine(model, char_tokenizer, get_template())
+    convo = Conversation(engine, system="Seja breve.")
+    system = {"role": "system", "content": "Seja breve."}
+    assert convo.prompt_ids("oi", 16) == engine.encode_prompt([system, {"role": "user", "content": "oi"}])
+    convo.turns = [("abc " * 8, "x" * 10)]
+    assert convo.prompt_ids("oi", 16) == engine.encode_prompt([system, {"role": "user", "content": "oi"}])

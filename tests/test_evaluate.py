@@ -1,19 +1,35 @@
 import json
+import random
 import subprocess
 import sys
+import unicodedata
 
 import pytest
-from sacrebleu.metrics import CHRF
+import torch
 
-from gptmini import Engine, SamplingParams, get_template, save
+from gptmini import Engine, GptminiError, SamplingParams, get_template, load, save
+from gptmini.cli import read_prompts
 from gptmini.data.records import Example
-from gptmini.evaluate import chrf, exact_match, normalize, rouge_l, run_eval, token_f1
+from gptmini.evaluate import (
+    chrf,
+    exact_match,
+    masked_loss,
+    normalize,
+    plot_runs,
+    read_eval_data,
+    rouge_l,
+    run_eval,
+    scorable,
+    token_f1,
+)
 
 
 def test_normalisation_keeps_accents_and_drops_portuguese_punctuation():
     assert normalize("«Atenção», não é… ação?! — Sim.") == "atenção não é ação sim"
     assert exact_match("Não!", "não") == 1.0
     assert exact_match("nao", "não") == 0.0  # accents matter
+    decomposed = unicodedata.normalize("NFD", "Não, atenção")  # n + a + combining tilde, as some keyboards send
+    assert exact_match(decomposed, "não atenção") == 1.0 and chrf(decomposed, "Não, atenção") == 100.0
 
 
 def test_token_f1_by_hand():
@@ -28,11 +44,29 @@ def test_rouge_l_by_hand():
     assert rouge_l("atenção", "não") == 0.0
 
 
+def test_chrf_by_hand():
+    # "ab" vs "ac": 1-grams a,b / a,c -> P = R = 1/2; 2-grams ab / ac -> 0; orders 3-6 have no n-grams
+    # and are left out. P = R = (1/2 + 0) / 2 = 1/4, so F2 = 1/4 -> 25.
+    assert chrf("ab", "ac") == pytest.approx(25.0)
+    assert chrf("atenção", "atenção") == 100.0 and chrf("Atenção", "atenção") < 100  # case counts in chrF
+    assert chrf("", "") == 100.0 and chrf("", "algo") == 0.0
+
+
 @pytest.mark.parametrize("pred,ref", [("atencao", "atenção"), ("A atenção é útil.", "atenção é muito útil"),
                                       ("não sei", "sim"), ("Ação!", "ação")])
 def test_chrf_matches_sacrebleu_on_portuguese(pred, ref):
-    assert chrf(pred, ref) == pytest.approx(CHRF().sentence_score(pred, [ref]).score, abs=1e-9)
-    assert chrf("atenção", "atenção") == 100.0
+    chrf_metric = pytest.importorskip("sacrebleu.metrics").CHRF()
+    assert chrf(pred, ref) == pytest.approx(chrf_metric.sentence_score(pred, [ref]).score, abs=1e-9)
+
+
+def test_chrf_matches_sacrebleu_on_random_accented_strings():
+    chrf_metric = pytest.importorskip("sacrebleu.metrics").CHRF()
+    rng = random.Random(0)
+    pieces = list("aãáâbcçeéêio óõuú.,!?«»—") + ["ção", " não", "A", "Ã"]
+    for _ in range(300):
+        pred, ref = ("".join(rng.choices(pieces, k=rng.randint(1, 14))) for _ in range(2))
+        if pred.strip() or ref.strip():  # both empty: sacrebleu says 0, we say 100 (see chrf)
+            assert chrf(pred, ref) == pytest.approx(chrf_metric.sentence_score(pred, [ref]).score, abs=1e-9)
 
 
 def make_ckpt(tmp_path, name, model, tok, template=True):
@@ -63,18 +97,83 @@ def test_eval_report_with_comparison(tmp_path, tiny_model, char_tokenizer):
     assert "| model | loss |" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_masked_loss_is_the_per_token_mean_over_responses(tmp_path, tiny_model, char_tokenizer):
+    ckpt = load(make_ckpt(tmp_path, "c", tiny_model, char_tokenizer))
+    examples = [Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], "f")
+                for q, a in [("Olá", "Oi!"), ("Atenção?", "Um foco."), ("a", "b")]]
+    total = count = 0
+    for e in examples:  # one example at a time, no padding: what the batched, padded version must equal
+        ids, labels = get_template().encode(char_tokenizer, e.messages)
+        targets = torch.tensor([labels[1:]])
+        total += tiny_model(torch.tensor([ids[:-1]]), targets, loss_reduction="sum")[1].item()
+        count += int((targets != -100).sum())
+    assert count == len("Oi!") + len("Um foco.") + len("b") + 3  # answers + end-of-text each
+    assert masked_loss(ckpt, get_template(), examples, batch_size=2) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_records_without_a_reference_are_counted_not_fatal(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join([
+        '{"instruction": "Olá", "response": "Oi"}',
+        '{"instruction": "sem resposta"}',  # no response field
+        '{"instruction": "vazia", "response": " "}',  # empty: skipped like sft does
+        '{"messages": [{"role": "user", "content": "só pergunta"}]}',
+        ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},'
+         ' {"role": "user", "content": "e agora?"}]}'),  # ends with the user: nothing to compare with
+    ]) + "\n")
+    records = read_eval_data(data)
+    assert len(records.skipped) == 1 and "d.jsonl:3" in records.skipped[0]
+    keep, unscored = scorable(records.examples)
+    assert [e.where for e in keep] == [f"{data}:1"]
+    assert unscored == [f"{data}:{n}" for n in (2, 4, 5)]
+    csv = tmp_path / "d.csv"
+    csv.write_text("pergunta,resposta\nOlá,Oi\nsó a pergunta\n")  # a short row: no answer column
+    records = read_eval_data(csv, "instruction=pergunta,response=resposta")
+    assert scorable(records.examples)[1] == [f"{csv}:3"]
+    data.write_text('{"question": "a", "answer": "b"}\n')  # wrong column names stay an error
+    with pytest.raises(GptminiError, match="--fields"):
+        read_eval_data(data)
+
+
+def test_read_prompts_rejects_non_text(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "Olá"}\n\n{"instruction": "ação"}\n')
+    assert read_prompts(path) == ["Olá", "ação"]
+    path.write_text('{"prompt": "Olá"}\n{"prompt": 5}\n')
+    with pytest.raises(GptminiError, match="p.jsonl:2"):
+        read_prompts(path)
+
+
 def cli(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], input=stdin, capture_output=True,
                           text=True, timeout=120)
 
 
-def test_eval_cli_reports_skipped_records(tmp_path, tiny_model, char_tokenizer):
-    ckpt = make_ckpt(tmp_path, "c", tiny_model, char_tokenizer)
+def test_eval_cli_compares_counts_and_plots_the_runs(tmp_path, tiny_model, char_tokenizer):
+    sft_dir = make_ckpt(tmp_path / "run", "last", tiny_model, char_tokenizer)
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0, "val_loss": null}\n'
+                                                    '{"step": 2, "train_loss": 2.5, "val_loss": 2.7}\n')
+    base_dir = make_ckpt(tmp_path, "base", tiny_model, char_tokenizer, template=False)
     data = tmp_path / "d.jsonl"
-    data.write_text('{"instruction": "Olá", "response": "Oi"}\n{"instruction": "a", "response": ""}\n')
-    out = cli("eval", "--model", ckpt, "--data", data, "--out", tmp_path / "r", "--max-new-tokens", "5")
+    data.write_text('{"instruction": "Olá", "response": "Oi"}\n{"instruction": "a", "response": ""}\n'
+                    '{"instruction": "sem resposta"}\n')
+    out = cli("eval", "--model", sft_dir, "--compare", base_dir, "--data", data, "--out", tmp_path / "r",
+              "--max-new-tokens", "5")
     assert out.returncode == 0, out.stderr
-    assert "skipped 1 with an empty field" in out.stdout and "| model |" in out.stdout
+    assert "skipped 1 with an empty field" in out.stdout
+    assert f"note: 1 record without a reference answer, not scored (first: {data}:3)" in out.stdout
+    assert f"| {sft_dir} |" in out.stdout and f"| {base_dir} |" in out.stdout  # one row per model
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["data"]["scored"] == 1 and len(report["data"]["skipped"]) == 1
+    assert report["data"]["no_reference"] == [f"{data}:3"]
+    assert [m["model"] for m in report["models"]] == [str(sft_dir), str(base_dir)]
+    assert (tmp_path / "r" / "loss_curves.png").stat().st_size > 0  # from run/metrics.jsonl
+    assert not plot_runs(tmp_path / "none.png", [base_dir])  # no metrics.jsonl beside it: no chart
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train_lo')  # a run killed mid-write
+    assert not plot_runs(tmp_path / "cut.png", [sft_dir]) and not (tmp_path / "cut.png").exists()
+    assert "1 example scored; 1 record skipped (empty field); 1 without a reference answer." in (
+        tmp_path / "r" / "report.md").read_text()
 
 
 def test_generate_file_json(tmp_path, tiny_model, char_tokenizer):

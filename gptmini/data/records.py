@@ -88,7 +88,7 @@ def _text(record: dict, key: str, where: str, fields: dict, required: bool = Tru
     return value
 
 
-def _messages(record: dict, where: str) -> list[dict]:
+def _messages(record: dict, where: str, require_answer: bool = True) -> list[dict]:
     messages = record["messages"]
     if not isinstance(messages, list) or not messages:
         raise GptminiError(f"{where}: \"messages\" must be a non-empty list of {{role, content}}")
@@ -97,16 +97,18 @@ def _messages(record: dict, where: str) -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise GptminiError(f"{where}: message {i} must be {{\"role\": one of {ROLES}, \"content\": text}}")
         out.append({"role": m["role"], "content": m["content"]})
-    if not any(m["role"] == "assistant" for m in out):
+    if require_answer and not any(m["role"] == "assistant" for m in out):
         raise GptminiError(f"{where}: conversation has no assistant message to learn from")
     return out
 
 
-def to_example(record: object, where: str, fields: dict) -> Example:
+def to_example(record: object, where: str, fields: dict, require_answer: bool = True) -> Example:
+    """One record as a conversation. require_answer=False (evaluation) keeps a record without an
+    answer as a prompt-only conversation, for the caller to count; blank answers still skip."""
     if not isinstance(record, dict):
         raise GptminiError(f"{where}: expected a JSON object, found {type(record).__name__}")
     if "messages" in record:
-        return Example(_messages(record, where), where)
+        return Example(_messages(record, where, require_answer), where)
     response_key = fields["response"]
     if response_key not in record and fields["response"] == DEFAULT_FIELDS["response"] and ALPACA_RESPONSE in record:
         response_key = ALPACA_RESPONSE  # Alpaca records name the answer "output"
@@ -114,6 +116,8 @@ def to_example(record: object, where: str, fields: dict) -> Example:
     user = {"role": "user", "content": instruction}
     if extra := _text(record, fields["input"], where, fields, required=False).strip():
         user["input"] = extra
+    if not require_answer and record.get(response_key) is None:
+        return Example([user], where)
     return Example([user, {"role": "assistant", "content": _text(record, response_key, where, fields)}], where)
 
 
@@ -129,14 +133,14 @@ class Records:
                 f"(first: {self.skipped[0]})")
 
 
-def read_examples(path: str | Path, fields: dict | str | None = None) -> Records:
+def read_examples(path: str | Path, fields: dict | str | None = None, require_answer: bool = True) -> Records:
     """All records of `path`; blank instructions/responses are skipped and listed, anything else wrong fails."""
     path = Path(path)
     mapping = fields if isinstance(fields, dict) else parse_fields(fields)
     examples, skipped = [], []
     for line, record in _raw_records(path):
         try:
-            examples.append(to_example(record, f"{path}:{line}", mapping))
+            examples.append(to_example(record, f"{path}:{line}", mapping, require_answer))
         except EmptyField as exc:
             skipped.append(str(exc))
     if not examples:
