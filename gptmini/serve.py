@@ -89,7 +89,7 @@ class Server:
 
     def __init__(self, ckpt: checkpoint.Checkpoint, name: str, max_tokens: int, workers: int, queue_size: int) -> None:
         self.engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template or get_template())
-        self.name, self.max_tokens, self.capacity = name, max_tokens, workers + queue_size
+        self.name, self.max_tokens, self.workers, self.capacity = name, max_tokens, workers, workers + queue_size
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gptmini-generate")
         self.active = 0  # requests generating or waiting for a worker
         self.closed = False
@@ -110,7 +110,7 @@ class Server:
 
     def start(self, ids: list[int], params: SamplingParams, stream: bool) -> Job:
         if self.active >= self.capacity:
-            raise ApiError(429, f"server busy: {self.active} requests in progress or queued; retry shortly",
+            raise ApiError(429, f"server busy: {self.active} requests generating or waiting, its limit; retry shortly",
                            kind="rate_limit_error", code="queue_full")
         self.active += 1
         try:
@@ -314,7 +314,7 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
             yield chunk({"content": delta} if chat else delta)
         try:
             done = await job.future
-        except Exception:  # headers are sent: report it in the stream, as OpenAI does
+        except Exception:  # noqa: BLE001  headers are sent: report it in the stream, as OpenAI does
             error = {"message": "internal server error", "type": "server_error", "param": None, "code": None}
             yield f"data: {json.dumps({'error': error})}\n\n"
             return
@@ -352,5 +352,6 @@ def run_server(model: str | Path, host: str = "127.0.0.1", port: int = 8000, **o
               file=sys.stderr)
     server = app.state.server
     print(f"gptmini serving {model} as {server.name!r}: web chat at {url}/, OpenAI API at {url}/v1 "
-          f"({options.get('workers', 1)} worker(s), {server.capacity} requests at most)", flush=True)
+          f"({server.workers} generating at once, {server.capacity - server.workers} more may wait, beyond that 429)",
+          flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -1,6 +1,11 @@
 """The real server on 127.0.0.1, spoken to by the official openai client and plain HTTP."""
+import asyncio
+import contextlib
+import json
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,29 +14,46 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from starlette.requests import ClientDisconnect
 
 from gptmini import Engine, SamplingParams, get_template, save
 from gptmini.serve import create_app
 
+TEMPLATE = get_template()
 QUESTIONS = ["Olá", "O que é atenção?", "ação", "modelo de linguagem", "Explique", "oi"]
 
 
-class LiveServer:
-    def __init__(self, app):
-        sock = socket.socket()
+def free_port() -> int:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1 in a background thread; `server` is the app's gptmini.serve.Server."""
+
+    def __init__(self, app):
+        self.app, self.server, self.port = app, app.state.server, free_port()
+        self.uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 20
-        while not self.server.started and time.time() < deadline:
+        while not self.uvicorn.started and time.time() < deadline:
             time.sleep(0.02)
+        assert self.uvicorn.started, "uvicorn did not start"
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def active(self) -> int:
+        return httpx.get(self.url + "/health").json()["active"]
+
+    def wait_active(self, n: int, timeout: float = 5) -> int:
+        deadline = time.time() + timeout
+        while (got := self.active()) != n and time.time() < deadline:
+            time.sleep(0.01)
+        return got
+
     def stop(self):
-        self.server.should_exit = True
+        self.uvicorn.should_exit = True
         self.thread.join(timeout=10)
 
 
@@ -45,8 +67,8 @@ def ckpt_dir(tmp_path, tiny_model, char_tokenizer):
 def live(ckpt_dir):
     servers = []
 
-    def start(**options):
-        servers.append(LiveServer(create_app(ckpt_dir, **options)))
+    def start(model=ckpt_dir, **options):
+        servers.append(LiveServer(create_app(model, **options)))
         return servers[-1]
 
     yield start
@@ -54,130 +76,322 @@ def live(ckpt_dir):
         s.stop()
 
 
-def greedy(tiny_model, char_tokenizer, question, max_tokens):
-    engine = Engine(tiny_model, char_tokenizer, get_template())
-    ids = engine.encode_prompt([{"role": "user", "content": question}])
-    return engine.generate([ids], SamplingParams(max_new_tokens=max_tokens))[0]
+def greedy(model, tokenizer, prompt, max_tokens, template=TEMPLATE):
+    """The reference answer: a str is a user question (or, with template=None, a raw prompt)."""
+    engine = Engine(model, tokenizer, template)
+    if isinstance(prompt, str) and template is not None:
+        prompt = [{"role": "user", "content": prompt}]
+    return engine.generate([engine.encode_prompt(prompt)], SamplingParams(max_new_tokens=max_tokens))[0]
+
+
+def client_for(server, key="unused"):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+
+
+def read_sse(response) -> list[dict]:
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def slow_generation(server, delay, produced=None):
+    """Makes every token of `server` take `delay` seconds (and records the deltas in `produced`)."""
+    original = server.run
+
+    def run(ids, params, on_text=None, cancelled=lambda: False):
+        def tick(delta):
+            time.sleep(delay)
+            if produced is not None:
+                produced.append(delta)
+            if on_text:
+                on_text(delta)
+        return original(ids, params, tick, cancelled)
+
+    server.run = run
+    return original
+
+
+def test_engine_stream_completion_matches_generate(tiny_model, char_tokenizer):
+    engine = Engine(tiny_model, char_tokenizer)
+    prompt = char_tokenizer.encode("Atenção, não é")
+    reference = engine.generate([prompt], SamplingParams(max_new_tokens=20))[0].text
+    cases = [SamplingParams(max_new_tokens=20), SamplingParams(max_new_tokens=20, stop=(reference[5:7],)),
+             SamplingParams(max_new_tokens=20, temperature=1.0, seed=3), SamplingParams(max_new_tokens=0)]
+    for params in cases:
+        steps, deltas = engine.stream_completion(prompt, params), []
+        try:
+            while True:
+                deltas.append(next(steps))
+        except StopIteration as end:
+            completion = end.value
+        assert completion == engine.generate([prompt], params)[0]
+        assert "".join(deltas) == completion.text
+        assert len(deltas) >= len(completion.token_ids)  # one event per token: a server can stop in between
+    assert engine.generate([prompt], cases[1])[0].finish_reason == "stop"
 
 
 def test_openai_client_chat_stream_equals_non_stream(live, tiny_model, char_tokenizer):
     server = live(max_tokens=16)
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    client = client_for(server)
     assert [m.id for m in client.models.list().data] == ["c"]
     messages = [{"role": "user", "content": "Olá"}]
     full = client.chat.completions.create(model="c", messages=messages, max_tokens=12, temperature=0)
     expected = greedy(tiny_model, char_tokenizer, "Olá", 12)
+    assert expected.finish_reason == "length" and len(expected.token_ids) == 12  # the tiny model never stops
     assert full.choices[0].message.content == expected.text
-    assert full.choices[0].finish_reason == expected.finish_reason
-    assert full.usage.completion_tokens == len(expected.token_ids)
-    assert full.usage.prompt_tokens == full.usage.total_tokens - full.usage.completion_tokens > 0
+    assert full.choices[0].finish_reason == "length"
+    prompt_tokens = len(Engine(tiny_model, char_tokenizer, get_template()).encode_prompt(messages))
+    assert (full.usage.prompt_tokens, full.usage.completion_tokens, full.usage.total_tokens) == (
+        prompt_tokens, 12, prompt_tokens + 12)
     chunks = list(client.chat.completions.create(model="c", messages=messages, max_tokens=12, temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == full.choices[0].message.content
-    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].usage.completion_tokens == 12
+    # max_completion_tokens (the newer name) works too; seeded sampling is reproducible
+    newer = client.chat.completions.create(model="c", messages=messages, max_completion_tokens=4, temperature=0)
+    assert newer.choices[0].message.content == greedy(tiny_model, char_tokenizer, "Olá", 4).text
+    sampled = [client.chat.completions.create(model="c", messages=messages, max_tokens=10, temperature=1.0,
+                                              top_p=0.9, seed=7).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
 
 
-def test_completions_health_and_length_finish(live, tiny_model, char_tokenizer):
+def test_completions_models_health(live, tiny_model, char_tokenizer):
     server = live()
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    client = client_for(server)
     out = client.completions.create(model="c", prompt="Atenção", max_tokens=5, temperature=0)
-    engine = Engine(tiny_model, char_tokenizer)
-    expected = engine.generate([engine.encode_prompt("Atenção")], SamplingParams(max_new_tokens=5))[0]
-    assert out.choices[0].text == expected.text and out.choices[0].finish_reason == expected.finish_reason
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    expected = greedy(tiny_model, char_tokenizer, "Atenção", 5, template=None)
+    assert out.choices[0].text == expected.text and out.choices[0].finish_reason == "length"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(char_tokenizer.encode("Atenção")), 5)
+    streamed = list(client.completions.create(model="c", prompt="Atenção", max_tokens=5, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == expected.text
+    assert streamed[-1].choices[0].finish_reason == "length"
+    assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "c"
+    health = httpx.get(server.url + "/health").json()
+    assert health == {"status": "ok", "model": "c", "active": 0, "capacity": 17}
+
+
+def test_stop_strings(live, tiny_model, char_tokenizer):
+    server = live()
+    client = client_for(server)
+    text = greedy(tiny_model, char_tokenizer, "Olá", 16).text
+    stop = text[6:8]
+    cut = text[:text.find(stop)]
+    for value in (stop, [stop, "zzz"], ["", stop]):  # a string or a list; an empty stop string is ignored
+        out = client.chat.completions.create(model="c", messages=[{"role": "user", "content": "Olá"}], max_tokens=16,
+                                             temperature=0, stop=value)
+        assert (out.choices[0].message.content, out.choices[0].finish_reason) == (cut, "stop")
+    chunks = list(client.chat.completions.create(model="c", messages=[{"role": "user", "content": "Olá"}],
+                                                 max_tokens=16, temperature=0, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_base_model_serves_completions_and_chats_with_the_default_template(live, tmp_path, tiny_model, char_tokenizer):
+    save(tmp_path / "base", tiny_model, char_tokenizer)  # no template in its meta
+    server = live(tmp_path / "base")
+    client = client_for(server)
+    raw = client.completions.create(model="base", prompt="modelo", max_tokens=6, temperature=0)
+    assert raw.choices[0].text == greedy(tiny_model, char_tokenizer, "modelo", 6, template=None).text
+    chat = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "oi"}], max_tokens=6,
+                                          temperature=0)
+    assert chat.choices[0].message.content == greedy(tiny_model, char_tokenizer, "oi", 6, get_template()).text
 
 
 def error_of(response):
     body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]["message"]
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
 
 
 def test_error_cases(live):
     server = live(max_tokens=16, api_key="sekret")
     auth = {"Authorization": "Bearer sekret"}
     url = server.url + "/v1/chat/completions"
-    assert httpx.post(url, json={"messages": [{"role": "user", "content": "oi"}]}).status_code == 401
-    wrong = httpx.post(url, json={"messages": [{"role": "user", "content": "oi"}]}, headers={"Authorization": "Bearer x"})
-    assert wrong.status_code == 401 and "API key" in error_of(wrong)
-    ok = httpx.post(url, json={"messages": [{"role": "user", "content": "oi"}], "max_tokens": 3}, headers=auth)
-    assert ok.status_code == 200
-    long = httpx.post(url, json={"messages": [{"role": "user", "content": "a" * 500}]}, headers=auth)
-    assert long.status_code == 400 and "context" in error_of(long)
-    cap = httpx.post(url, json={"messages": [{"role": "user", "content": "oi"}], "max_tokens": 999}, headers=auth)
-    assert cap.status_code == 400 and "above this server's limit of 16" in error_of(cap)
-    bad = httpx.post(url, content=b"{not json", headers={**auth, "Content-Type": "application/json"})
-    assert bad.status_code == 400 and error_of(bad)
-    typed = httpx.post(url, json={"messages": "hello"}, headers=auth)
-    assert typed.status_code == 400 and "messages" in error_of(typed)
-    assert httpx.get(server.url + "/health").status_code == 200  # not behind the key
+    hello = {"messages": [{"role": "user", "content": "oi"}], "max_tokens": 3}
+    missing = httpx.post(url, json=hello)
+    assert missing.status_code == 401 and error_of(missing)["code"] == "invalid_api_key"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(url, json=hello, headers={"Authorization": "Bearer sekre"})
+    assert wrong.status_code == 401 and "API key" in error_of(wrong)["message"]
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+    assert httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        client_for(server, "nope").chat.completions.create(model="c", messages=hello["messages"])
+    assert client_for(server, "sekret").chat.completions.create(model="c", messages=hello["messages"], max_tokens=3)
+    assert httpx.post(url, json=hello, headers=auth).status_code == 200
+    assert httpx.get(server.url + "/health").status_code == 200  # the page and /health are not behind the key
+    assert httpx.get(server.url + "/").status_code == 200
+
+    def post(body, path="/v1/chat/completions", **kw):
+        response = httpx.post(server.url + path, headers={**auth, **kw.pop("headers", {})}, **({"json": body} | kw))
+        return response.status_code, error_of(response)
+
+    status, error = post({"messages": [{"role": "user", "content": "a" * 500}]})
+    assert (status, error["code"], error["param"]) == (400, "context_length_exceeded", "messages")
+    assert "500" not in error["message"] and "context holds 64" in error["message"]
+    status, error = post({"prompt": "a" * 64}, "/v1/completions")
+    assert (status, error["code"], error["param"]) == (400, "context_length_exceeded", "prompt")
+    status, error = post({**hello, "max_tokens": 999})
+    assert status == 400 and "above this server's limit of 16" in error["message"] and error["param"] == "max_tokens"
+    status, error = post(None, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert status == 400 and "not valid JSON" in error["message"] and error["type"] == "invalid_request_error"
+    assert post(None, content=b"[1, 2]", headers={"Content-Type": "application/json"})[0] == 400
+    status, error = post({"messages": "hello"})
+    assert status == 400 and error["param"] == "messages"
+    for field, value in [("max_tokens", "5"), ("max_tokens", 0), ("temperature", 3), ("temperature", True),
+                         ("top_p", 0), ("stop", 7), ("stop", ["a", "b", "c", "d", "e"]), ("seed", 2**64),
+                         ("stream", "yes"), ("n", 2)]:
+        status, error = post({**hello, field: value})
+        assert (status, error["param"]) == (400, field), (field, value, error)
+    status, error = post({"messages": [{"role": "robot", "content": "oi"}]})
+    assert status == 400 and error["message"].startswith("invalid request: messages.0.role")
+    status, error = post({"messages": [{"role": "user", "content": "oi"}, {"role": "assistant", "content": "x"}]})
+    assert status == 400 and "last message" in error["message"]
+    assert post({"messages": []})[0] == 400
+    assert post({"prompt": 5}, "/v1/completions")[0] == 400
+    assert httpx.get(server.url + "/v1/nothing", headers=auth).status_code == 404
+    assert error_of(httpx.get(server.url + "/v1/nothing", headers=auth))["message"] == "Not Found"
 
 
 def test_full_queue_gets_429_and_the_server_keeps_serving(live):
-    server = live(workers=1, queue_size=0, max_tokens=16)
-    srv = server.server.config.app.state.server
-    gate, original = threading.Event(), srv.run
-    srv.run = lambda *a, **k: (gate.wait(10), original(*a, **k))[1]  # the first request holds the only worker
+    server = live(workers=1, queue_size=1, max_tokens=16)
+    gate, original = threading.Event(), server.server.run
+    server.server.run = lambda *a, **k: (gate.wait(10), original(*a, **k))[1]  # holds the only worker
     url = server.url + "/v1/chat/completions"
     body = {"messages": [{"role": "user", "content": "oi"}], "max_tokens": 2}
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
         first = pool.submit(httpx.post, url, json=body, timeout=30)
-        while httpx.get(server.url + "/health").json()["active"] == 0:
-            time.sleep(0.01)
+        assert server.wait_active(1) == 1
+        queued = pool.submit(httpx.post, url, json=body, timeout=30)  # waits in the queue
+        assert server.wait_active(2) == 2
         busy = httpx.post(url, json=body)
-        assert busy.status_code == 429 and "busy" in error_of(busy)
+        assert busy.status_code == 429
+        error = error_of(busy)
+        assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full") and "busy" in error["message"]
+        with pytest.raises(openai.RateLimitError):
+            client_for(server).chat.completions.create(model="c", messages=body["messages"], stream=True)
         gate.set()
-        assert first.result().status_code == 200
+        assert first.result().status_code == 200 and queued.result().status_code == 200
+    assert server.wait_active(0) == 0
     assert httpx.post(url, json=body).status_code == 200
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation_and_frees_its_place(live):
-    server = live(workers=1, queue_size=0, max_tokens=30)
-    srv = server.server.config.app.state.server
-    produced, original = [], srv.run
-
-    def slow(ids, params, on_text=None, cancelled=lambda: False):
-        def tick(delta):
-            produced.append(delta)
-            time.sleep(0.05)
-            on_text(delta)
-        return original(ids, params, tick, cancelled)
-
-    srv.run = slow
-    srv.engine.tokenizer.eot_id = -1  # never stop early: only the disconnect can end it
+    server = live(workers=1, queue_size=1, max_tokens=40)
+    produced = []
+    original = slow_generation(server.server, 0.05, produced)
+    server.server.engine.tokenizer.eot_id = -1  # never stop early: only the disconnect can end it
     url = server.url + "/v1/chat/completions"
-    body = {"messages": [{"role": "user", "content": "oi"}], "max_tokens": 30, "stream": True}
+    body = {"messages": [{"role": "user", "content": "oi"}], "max_tokens": 40, "stream": True}
     with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body) as response:
-        lines = response.iter_lines()
-        next(lines), next(lines), next(lines)  # the role chunk and a first delta
-    deadline = time.time() + 5
-    while httpx.get(server.url + "/health").json()["active"] and time.time() < deadline:
-        time.sleep(0.02)
-    assert httpx.get(server.url + "/health").json()["active"] == 0
-    time.sleep(0.2)
-    assert len(produced) < 30  # generation stopped early
-    srv.run = original
+        lines = (line for line in response.iter_lines() if line)
+        next(lines), next(lines)  # the role chunk and a first delta, then the client hangs up
+    assert server.wait_active(0) == 0
+    stopped_at = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == stopped_at < 15  # generation stopped within a token or two, not at 40
+    # A client that gives up on a non-streamed answer (a timeout) stops its generation too.
+    produced.clear()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={**body, "stream": False}, timeout=0.5)
+    assert server.wait_active(0) == 0
+    assert len(produced) < 20
+    server.server.run = original
+    started = time.perf_counter()
     ok = httpx.post(url, json={"messages": [{"role": "user", "content": "oi"}], "max_tokens": 2})
-    assert ok.status_code == 200
+    assert ok.status_code == 200 and time.perf_counter() - started < 2  # the worker is free
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+def test_a_client_gone_before_the_first_byte_gives_its_place_back(ckpt_dir, spec_version):
+    """At the ASGI level: the client is gone before the response starts, so the event generator
+    never runs (ASGI 2.4: `send` fails at once; 2.3: the disconnect is already waiting)."""
+    app = create_app(ckpt_dir, workers=1, queue_size=0, max_tokens=30)
+    server = app.state.server
+    slow_generation(server, 0.02)
+    body = json.dumps({"messages": [{"role": "user", "content": "oi"}], "stream": True, "max_tokens": 30}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def scenario():
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            raise OSError("connection reset by peer")
+
+        with contextlib.suppress(OSError, ClientDisconnect):
+            await app(scope, receive, send)
+        for _ in range(300):
+            if server.active == 0:
+                break
+            await asyncio.sleep(0.01)
+        return server.active
+
+    assert asyncio.run(scenario()) == 0
+    server.close()
 
 
 def test_bounded_load_200_requests_at_concurrency_8(live, tiny_model, char_tokenizer):
     server = live(workers=2, queue_size=16, max_tokens=16)
     expected = {q: greedy(tiny_model, char_tokenizer, q, 8).text for q in QUESTIONS}
+    url = server.url + "/v1/chat/completions"
 
-    def one(i):
-        q = QUESTIONS[i % len(QUESTIONS)]
+    def one(i, http):
+        q, stream = QUESTIONS[i % len(QUESTIONS)], i % 2 == 1  # every other request is streamed
+        body = {"messages": [{"role": "user", "content": q}], "max_tokens": 8, "temperature": 0, "stream": stream}
         start = time.perf_counter()
-        r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
-                       json={"messages": [{"role": "user", "content": q}], "max_tokens": 8, "temperature": 0})
-        return q, r.status_code, r.json(), time.perf_counter() - start
+        if stream:
+            with http.stream("POST", url, json=body) as r:
+                status = r.status_code
+                text = "".join(e["choices"][0]["delta"].get("content", "") for e in read_sse(r)) if status == 200 else None
+        else:
+            r = http.post(url, json=body)
+            status = r.status_code
+            text = r.json()["choices"][0]["message"]["content"] if status == 200 else None
+        return q, status, text, time.perf_counter() - start
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(200)))
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=8)) as http, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: one(i, http), range(200)))
     elapsed = time.perf_counter() - started
-    assert all(status == 200 for _, status, _, _ in results)
-    assert all(body["choices"][0]["message"]["content"] == expected[q] for q, _, body, _ in results)
-    latencies = sorted(r[3] for r in results)
-    print(f"\nload: 200 requests, concurrency 8: {200 / elapsed:.1f} requests/s, "
-          f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[int(0.99 * len(latencies)) - 1] * 1000:.0f} ms")
+    statuses = [status for _, status, _, _ in results]
+    assert statuses == [200] * 200, {s: statuses.count(s) for s in set(statuses)}
+    assert all(text == expected[q] for q, _, text, _ in results)
+    latencies = [r[3] * 1000 for r in results]
+    cuts = statistics.quantiles(latencies, n=100)
+    print(f"\nload: 200 requests (half streamed), concurrency 8, 2 workers, 8 new tokens each: "
+          f"{200 / elapsed:.1f} requests/s, p50 {statistics.median(latencies):.0f} ms, p99 {cuts[98]:.0f} ms")
+    assert server.wait_active(0) == 0
+
+
+def test_cli_serve_and_a_busy_port(ckpt_dir):
+    port = free_port()
+    command = [sys.executable, "-m", "gptmini.cli", "serve", "--model", str(ckpt_dir), "--port", str(port),
+               "--max-tokens", "8"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in banner, banner + process.stderr.read()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert health["model"] == "c"
+        busy = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert busy.returncode == 2 and "Traceback" not in busy.stderr
+        assert busy.stderr.strip() == f"gptmini serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
