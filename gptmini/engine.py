@@ -111,12 +111,14 @@ class Engine:
     def _new_rows(self, prompts: list[list[int]], params: SamplingParams) -> list[_Row]:
         return [_Row(self.tokenizer.stream_decoder(), params.stop) for _ in prompts]
 
-    def _events(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row]) -> Iterator[tuple[int, str]]:
+    def _events(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row],
+                every_token: bool = False) -> Iterator[tuple[int, str]]:
+        """(row, delta) per piece of text; every_token also yields "" for tokens whose text is held back."""
         for tokens in self._token_steps(prompts, params):
             for i, token_id in enumerate(tokens.tolist()):
                 if rows[i].finish_reason is None:
                     delta = rows[i].push(token_id, self.tokenizer.eot_id)
-                    if delta:
+                    if delta or every_token:
                         yield i, delta
             if all(r.finish_reason for r in rows):
                 return
@@ -139,15 +141,9 @@ class Engine:
 
         Closing the generator between two tokens ends the generation (a server's client left).
         """
-        [row] = rows = self._new_rows([prompt], params)
-        for tokens in self._token_steps([prompt], params):
-            yield row.push(int(tokens[0]), self.tokenizer.eot_id)
-            if row.finish_reason:
-                break
-        else:
-            row.finish_reason = "length"
-            if delta := row.flush():
-                yield delta
+        rows = self._new_rows([prompt], params)
+        for _, delta in self._events([prompt], params, rows, every_token=True):
+            yield delta
         return self._completions([prompt], params, rows)[0]
 
     def _completions(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row]) -> list[Completion]:
