@@ -165,22 +165,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from .sft import show_masks, sft
+    from .sft import preview_masks, sft
 
     if args.show_masks:
-        from .data.corpus import ASSETS
-        from .data.records import read_examples
-        from .data.templates import get_template
-        from .sft import new_tokenizer
-
-        template = get_template(args.template)
-        records = read_examples(args.data or ASSETS / "instructions.jsonl", args.fields)
-        if args.base in ("none",) or args.base.endswith((".pt", ".pth", ".bin")):
-            tokenizer = new_tokenizer(args.tokenizer or "char", records.examples, template, args.vocab_size)
-        else:
-            from .checkpoint import load
-            tokenizer = load(args.base).tokenizer
-        print(show_masks(records.examples, tokenizer, template, args.show_masks))
+        print(preview_masks(args.data, args.base, args.template, args.fields, args.tokenizer, args.vocab_size,
+                            args.show_masks))
         return
     if not args.out:
         raise GptminiError("--out is required (the run folder to write checkpoints into)")

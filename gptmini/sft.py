@@ -17,15 +17,17 @@ import torch
 
 from . import checkpoint, lora
 from .data.batches import ExampleBatches, fit_to_context
+from .data.corpus import ASSETS
 from .data.records import Example, read_examples
 from .data.templates import Template, get_template
-from .distributed import world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTConfig, GPTMini
 from .pretrain import DEFAULT_MODEL, resolve_train_config
 from .tokenizer import Tokenizer
 from .train import Trainer, prepare_output
 from .transfer import load_legacy_state_dict, transfer
+
+DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 
 
 def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
@@ -53,12 +55,17 @@ def example_texts(examples: list[Example], template: Template) -> list[str]:
         template.prompt, template.prompt_with_input or "", template.system or ""]
 
 
+def starts_without_checkpoint(base: str) -> bool:
+    """True for "none" (from scratch) and for a legacy state-dict file: no tokenizer comes with it."""
+    return base == "none" or Path(base).suffix in (".pt", ".pth", ".bin")
+
+
 def build_model_and_tokenizer(base: str, examples: list[Example], template: Template, tokenizer_spec: str | None,
                               vocab_size: int | None, model_overrides: dict, seed: int) -> tuple[GPTMini, Tokenizer, dict]:
     """The model to fine-tune: from scratch (base "none"), a checkpoint, or a legacy state-dict file."""
     torch.manual_seed(seed)
     base_path = Path(base)
-    if base == "none" or base_path.suffix in (".pt", ".pth", ".bin"):
+    if starts_without_checkpoint(base):
         tokenizer = new_tokenizer(tokenizer_spec or "char", examples, template, vocab_size)
         model = GPTMini(GPTConfig(vocab_size=tokenizer.vocab_size, **{**DEFAULT_MODEL, **model_overrides}))
         if base != "none":
@@ -96,15 +103,10 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     """
     if lora_rank and (base == "none" or tokenizer):
         raise GptminiError("--lora-rank adapts an existing base with its own tokenizer: give --base DIR, no --tokenizer")
-    from .data.corpus import ASSETS
-
     out = Path(out)
-    records = read_examples(data or ASSETS / "instructions.jsonl", fields)
+    records = read_examples(data or DEFAULT_INSTRUCTIONS, fields)
     print(f"data: {records.report()}")
-    w = world((train or {}).get("device", "cpu"))
-    if w.main:
-        prepare_output(out, resume, overwrite)
-    w.barrier()
+    prepare_output(out, resume, overwrite, (train or {}).get("device", "cpu"))
     cfg_overrides = dict(train or {})
     if resume:
         cfg = resolve_train_config(out, True, cfg_overrides)
@@ -147,10 +149,20 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
                     "padding_waste": round(train_batches.padding_waste(), 4)}
     trainer = Trainer(net, tok, train_batches, val_batches, cfg, out, meta)
     if resume:
-        trainer.load_state(out / "last")
-        if trainer.step >= cfg.max_steps:
-            raise GptminiError(f"{out / 'last'} already reached step {trainer.step}; pass a larger --max-steps to continue")
+        trainer.resume()
     return {**trainer.run(), "padding_waste": meta["data"]["padding_waste"]}
+
+
+def preview_masks(data: str | Path | None, base: str, template: str | None, fields: str | dict | None,
+                  tokenizer: str | None, vocab_size: int | None, n: int) -> str:
+    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked."""
+    tmpl = get_template(template)
+    examples = read_examples(data or DEFAULT_INSTRUCTIONS, fields).examples
+    if starts_without_checkpoint(base) or tokenizer:
+        tok = new_tokenizer(tokenizer or "char", examples, tmpl, vocab_size)
+    else:
+        tok = checkpoint.load(base).tokenizer
+    return show_masks(examples, tok, tmpl, n)
 
 
 def show_masks(examples: list[Example], tokenizer: Tokenizer, template: Template, n: int, color: bool | None = None) -> str:
