@@ -9,8 +9,6 @@ import torch
 from . import checkpoint
 from .data.batches import WindowBatches
 from .data.corpus import DEFAULT_CORPUS, build_tokenizer, corpus_files, load_prepared, prepare
-from .distributed import world
-from .errors import GptminiError
 from .model import GPTConfig, GPTMini
 from .tokenizer import Tokenizer
 from .train import Trainer, TrainConfig, prepare_output
@@ -43,10 +41,7 @@ def pretrain(out: str | Path, data: list[str | Path] | None = None, tokenizer: s
     """Trains a base model on `data` (default: the embedded Portuguese corpus); returns a summary."""
     out = Path(out)
     files = corpus_files(data or [DEFAULT_CORPUS])
-    w = world((train or {}).get("device", "cpu"))
-    if w.main:
-        prepare_output(out, resume, overwrite)
-    w.barrier()
+    w = prepare_output(out, resume, overwrite, (train or {}).get("device", "cpu"))
     cfg = resolve_train_config(out, resume, train or {})
     if resume:
         ckpt = checkpoint.load(out / "last", device=cfg.device)
@@ -74,7 +69,5 @@ def pretrain(out: str | Path, data: list[str | Path] | None = None, tokenizer: s
                                      "val_tokens": corpus.meta["val_tokens"]}}
     trainer = Trainer(net, tok, train_batches, val_batches, cfg, out, meta)
     if resume:
-        trainer.load_state(out / "last")
-        if trainer.step >= cfg.max_steps:
-            raise GptminiError(f"{out / 'last'} already reached step {trainer.step}; pass a larger --max-steps to continue")
+        trainer.resume()
     return trainer.run()

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import checkpoint, lora
-from .distributed import world
+from .distributed import World, world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
 from .tokenizer import Tokenizer
@@ -81,8 +81,20 @@ def make_optimizer(model: GPTMini, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuses to mix runs: an output folder holding one needs --resume or --overwrite."""
+def prepare_output(out: Path, resume: bool, overwrite: bool, device: str = "cpu") -> World:
+    """Refuses to mix runs: an output folder holding one needs --resume or --overwrite.
+
+    Under torchrun only rank 0 checks and clears the folder; the others wait for it. Returns the
+    process's place in the world.
+    """
+    w = world(device)
+    if w.main:
+        _check_output(out, resume, overwrite)
+    w.barrier()
+    return w
+
+
+def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
     for name in ("last", "best"):
         checkpoint.recover(out / name)
     has_run = (out / "last").exists() or (out / "metrics.jsonl").exists()
@@ -279,6 +291,13 @@ class Trainer:
                  "best_val": self.best_val if self.best_val < math.inf else None, "elapsed": self.elapsed,
                  "param_groups": opt["param_groups"], "batches": self.train_batches.state_dict()}
         (state_dir / "state.json").write_text(json.dumps(state))
+
+    def resume(self) -> None:
+        """Continues the run in `out` from `out/last`, exactly where it stopped."""
+        self.load_state(self.out / "last")
+        if self.step >= self.cfg.max_steps:
+            raise GptminiError(f"{self.out / 'last'} already reached step {self.step}; "
+                               "pass a larger --max-steps to continue")
 
     def load_state(self, directory: Path) -> None:
         state_dir = Path(directory) / STATE_DIR
