@@ -58,10 +58,10 @@ def evaluate_demo(out: Path) -> dict:
                        SamplingParams(max_new_tokens=96))
     print(metrics_table(reports))
     print(f"report: {out / 'eval' / 'report.md'}")
-    held_out = held_out[:4]
-    prompts = SEED_PROMPTS + [e.messages[0]["content"] for e in held_out]
+    # The held-out answers are the evaluation's own; only the seed's prompts are answered anew.
+    prompts = SEED_PROMPTS + [e.messages[0]["content"] for e in held_out[:4]]
     base_answers = answer(out / "base" / "best", prompts[:2], max_new_tokens=48)
-    sft_answers = answer(out / "sft" / "last", prompts)
+    sft_answers = answer(out / "sft" / "last", SEED_PROMPTS) + reports[0].answers[:4]
     for prompt, text in zip(prompts[:2], base_answers):
         print(f"[base] {prompt}\n   -> {text!r}")
     for i, (prompt, text) in enumerate(zip(prompts, sft_answers)):
