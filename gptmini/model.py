@@ -82,9 +82,73 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """RoPE in the rotate-half layout (Llama's): each pair (x1, x2) of the two halves of a head
+    turns by its angle, (x1 cos - x2 sin, x2 cos + x1 sin), written into `out` half by half."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    out1, out2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=out2).addcmul_(x1, sin)
+    return out
+
+
+def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv_heads: int):
+    """q, k, v (B, T, heads, head_dim) from the fused qkv projection, q and k rotated."""
+    qk, v = qkv.split((n_heads + n_kv_heads, n_kv_heads), dim=2)
+    q, k = rotate(qk, cos, sin, qk.new_empty(qk.shape)).split((n_heads, n_kv_heads), dim=2)
+    return q, k, v
+
+
+class RotaryQKV(torch.autograd.Function):
+    """rotary_qkv with a hand-written backward, for training.
+
+    Autograd's version of the same few lines (chunk, neg, cat, two muls, an add, then the splits'
+    backward) copies q and k about seven times per layer and direction; this writes each once.
+    The backward is the inverse rotation (sin -> -sin), written straight into one gradient buffer
+    for the fused projection.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, n_heads: int, n_kv_heads: int):
+        ctx.save_for_backward(cos, sin)
+        ctx.sizes = (n_heads, n_kv_heads, n_kv_heads)
+        q, k, v = rotary_qkv(qkv, cos, sin, n_heads, n_kv_heads)
+        return q, k, v.clone()  # v is a view of the input: autograd wants outputs of their own
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k, grad_v):
+        cos, sin = ctx.saved_tensors
+        grad = grad_q.new_empty(*grad_q.shape[:2], sum(ctx.sizes), grad_q.shape[-1])
+        into_q, into_k, into_v = grad.split(ctx.sizes, dim=2)
+        rotate(grad_q, cos, -sin, into_q), rotate(grad_k, cos, -sin, into_k), into_v.copy_(grad_v)
+        return grad, None, None, None, None
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class SwiGLU(torch.autograd.Function):
+    """swiglu for training: the backward writes gate_up's gradient into one buffer instead of two
+    halves that autograd would then copy together."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        silu_gate = F.silu(gate)
+        ctx.save_for_backward(gate_up, silu_gate)
+        return silu_gate * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate_up, silu_gate = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_gate_up = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, silu_gate, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_gate_up
 
 
 class Attention(nn.Module):
@@ -97,12 +161,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        qk, v = self.qkv(x).split((q_size + kv_size, kv_size), dim=-1)
-        qk = qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim).transpose(1, 2)
-        qk = qk * cos + rotate_half(qk) * sin  # queries and keys rotated together: one pass
-        q, k = qk.split((self.n_heads, self.n_kv_heads), dim=1)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        rotary = RotaryQKV.apply if qkv.requires_grad else rotary_qkv  # inference: skip autograd's bookkeeping
+        q, k, v = (t.transpose(1, 2) for t in rotary(qkv, cos, sin, self.n_heads, self.n_kv_heads))
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -124,8 +185,8 @@ class MLP(nn.Module):
         self.down = nn.Linear(config.mlp_hidden, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        gate_up = self.gate_up(x)
+        return self.down(SwiGLU.apply(gate_up) if gate_up.requires_grad else swiglu(gate_up))
 
 
 class Block(nn.Module):
@@ -201,8 +262,7 @@ class GPTMini(nn.Module):
     def _rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim)
         angles = torch.outer(torch.arange(config.context_size).float(), inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)  # rotate-half layout, as in Llama
-        return angles.cos(), angles.sin()
+        return angles.cos(), angles.sin()  # (context, head_dim / 2): both halves share an angle
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -234,10 +294,10 @@ class GPTMini(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds context_size {self.config.context_size}")
-        if positions is None:
-            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if positions is None:  # angles broadcast over (B, T, heads, head_dim / 2)
+            cos, sin = self.rope_cos[start:start + T, None], self.rope_sin[start:start + T, None]
         else:
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+            cos, sin = self.rope_cos[positions].unsqueeze(2), self.rope_sin[positions].unsqueeze(2)
         mask = self._attention_mask(T, start, key_mask, idx.device)
         x = self.dropout(self.embed(idx))
         for block in self.blocks:

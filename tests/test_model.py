@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
-from gptmini.model import KVCache
+from gptmini.model import KVCache, RotaryQKV, SwiGLU
 
 
 def seed_model(vocab_size=50):
@@ -136,3 +136,46 @@ def test_fused_head_loss_and_gradients_match_the_plain_path():
     (b * 0.3).backward()
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def textbook_rope(x, cos, sin):
+    """RoPE as Llama writes it: x * cos + rotate_half(x) * sin, angles repeated over both halves."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * torch.cat((cos, cos), -1) + torch.cat((-x2, x1), -1) * torch.cat((sin, sin), -1)
+
+
+@pytest.mark.parametrize("angles_shape", [(7, 1, 3), (2, 7, 1, 3)])  # consecutive / per-row positions
+def test_rotary_qkv_backward_is_the_gradient_of_textbook_rope(angles_shape):
+    torch.manual_seed(0)
+    n_heads, n_kv_heads = 4, 2  # grouped-query layout: q, k, v head counts differ
+    qkv = torch.randn(2, 7, n_heads + 2 * n_kv_heads, 6, dtype=torch.double, requires_grad=True)
+    cos, sin = torch.randn(angles_shape, dtype=torch.double), torch.randn(angles_shape, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda t: RotaryQKV.apply(t, cos, sin, n_heads, n_kv_heads), (qkv,))
+
+    ours = RotaryQKV.apply(qkv, cos, sin, n_heads, n_kv_heads)
+    q, k, v = qkv.split((n_heads, n_kv_heads, n_kv_heads), dim=2)
+    reference = (textbook_rope(q, cos, sin), textbook_rope(k, cos, sin), v)
+    weights = [torch.randn_like(r) for r in reference]
+    grads = [torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), qkv)[0]
+             for outs in (ours, reference)]
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a, b)
+    assert torch.allclose(grads[0], grads[1])
+
+
+def test_swiglu_backward_is_the_gradient_of_silu_gate_times_up():
+    torch.manual_seed(0)
+    gate_up = torch.randn(3, 5, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(SwiGLU.apply, (gate_up,))
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.allclose(SwiGLU.apply(gate_up), torch.nn.functional.silu(gate) * up)
+
+
+def test_training_and_inference_paths_give_the_same_logits():
+    torch.manual_seed(0)
+    model = seed_model()
+    idx = torch.randint(0, 50, (2, 16))
+    trained_path, _ = model(idx)  # parameters require grad: the hand-written autograd functions
+    with torch.inference_mode():
+        inference_path, _ = model(idx)  # plain functions
+    assert torch.equal(trained_path, inference_path)
