@@ -1,8 +1,9 @@
 """Decode speed, batch 1: gptmini's KV-cache engine vs transformers' generate(use_cache=True).
 
 Same model size (d_model 256, 8 heads, 6 layers, context 256, vocab 8192), greedy, from a
-one-token prompt to a full window (255 new tokens), fp32 on CPU. Prints tokens/s, ends with
-`ratio: X` (ours / HF).
+one-token prompt to a full window (255 new tokens), fp32 on CPU. Also times the matrix-vector
+products alone, the memory-bound floor under any fp32 decoder of this model on this machine.
+Prints tokens/s, ends with `ratio: X` (ours / HF).
 """
 from __future__ import annotations
 
@@ -36,8 +37,18 @@ def main() -> None:
                               do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
         assert out.shape[1] == 1 + NEW_TOKENS
 
-    run_ours(), run_hf()  # warm-up
-    times = round_robin({"gptmini": lambda: timed(run_ours), "transformers": lambda: timed(run_hf)}, ROUNDS)
+    weights = [m.weight for m in ours.modules() if isinstance(m, torch.nn.Linear)]
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+
+    def run_floor():  # each token's matrix-vector products alone: what any fp32 engine must stream
+        with torch.inference_mode():
+            for _ in range(NEW_TOKENS):
+                for w in weights:
+                    torch.nn.functional.linear(vectors[w.shape[1]], w)
+
+    run_ours(), run_hf(), run_floor()  # warm-up
+    contenders = {"gptmini": run_ours, "transformers": run_hf, "matvec floor": run_floor}
+    times = round_robin({name: lambda fn=fn: timed(fn) for name, fn in contenders.items()}, ROUNDS)
     import transformers
 
     print(f"machine: {machine()}; transformers {transformers.__version__}")
@@ -46,6 +57,8 @@ def main() -> None:
     rates = {name: NEW_TOKENS / median(t) for name, t in times.items()}
     for name, rate in rates.items():
         print(f"{name:>13}: {rate:8.1f} tokens/s  (runs: {', '.join(f'{NEW_TOKENS / t:.0f}' for t in times[name])})")
+    print(f"matvec floor: {rates['matvec floor'] / rates['transformers']:.2f}x transformers is the most an fp32 "
+          f"engine could reach here: every token streams {4 * sum(w.numel() for w in weights) / 1e6:.1f} MB of weights")
     print(f"ratio: {rates['gptmini'] / rates['transformers']:.2f}")
 
 

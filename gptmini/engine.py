@@ -91,6 +91,8 @@ class Engine:
 
     def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None) -> None:
         self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+        if model.embed.weight.device.type == "cpu":
+            model.use_decode_layout()
 
     def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
         """A raw string is used as is (no template); a message list goes through the template."""

@@ -335,6 +335,18 @@ class GPTMini(nn.Module):
             return total
         return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
+    def use_decode_layout(self) -> "GPTMini":
+        """Stores every matmul weight transposed in memory, (in, out), keeping its (out, in) shape.
+
+        Decoding one token is one matrix-vector product per weight, bound by how fast the weights
+        stream from memory; MKL streams this layout about 40 % faster on CPU (bench/generate.py).
+        Values, shapes, state_dict and training are unaffected; the Engine calls this.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):  # includes the output head (the embedding when tied)
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
     def num_parameters(self, include_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
         return total if include_embedding else total - self.embed.weight.numel()

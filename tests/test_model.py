@@ -179,3 +179,25 @@ def test_training_and_inference_paths_give_the_same_logits():
     with torch.inference_mode():
         inference_path, _ = model(idx)  # plain functions
     assert torch.equal(trained_path, inference_path)
+
+
+def test_engine_stores_weights_transposed_for_decoding_without_changing_the_model():
+    from gptmini import Engine, Tokenizer
+
+    torch.manual_seed(0)
+    model = seed_model().eval()
+    idx = torch.randint(0, 50, (2, 12))
+    before_logits, _ = model(idx)
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    Engine(model, Tokenizer.train_char(["abc"]))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.t().is_contiguous() and not m.weight.is_contiguous() for m in linears)
+    assert model.lm_head.weight is model.embed.weight  # still tied
+    after_state = model.state_dict()
+    assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)
+    after_logits, _ = model(idx)
+    assert torch.allclose(before_logits, after_logits, atol=1e-5)
+    model.train()
+    _, loss = model(idx, idx)
+    loss.backward()  # the model still trains in this layout
+    assert all(torch.isfinite(m.weight.grad).all() for m in linears)
