@@ -72,6 +72,10 @@ def main() -> None:
     print(f"fp32 matmul peak (1024^3 torch.mm, best of 40): {peak / 1e9:.1f} GFLOP/s")
     for name, rate in rates.items():
         print(f"{name:>13}: {rate:8.0f} tokens/s = {rate * flops / 1e9:6.1f} GFLOP/s = {rate * flops / peak:6.1%} of peak")
+    c = config  # nanoGPT's estimate_mfu (PaLM's 6N + 12·L·H·Q·T) also counts the masked half of attention
+    palm = flops + 12 * c.n_layers * c.d_model * c.context_size // 2
+    print(f"(counted as nanoGPT/PaLM do, {palm / 1e6:.1f} MFLOP/token with the full attention matrix: "
+          f"gptmini {rates['gptmini'] * palm / peak:.1%} of peak)")
     print(f"ratio: {rates['gptmini'] / rates['transformers']:.2f}")
 
 
