@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
-from gptmini.model import KVCache, RotaryQKV, SwiGLU
+from gptmini.model import KVCache, Linear, RotaryQKV, SwiGLU
 
 
 def seed_model(vocab_size=50):
@@ -201,3 +201,23 @@ def test_engine_stores_weights_transposed_for_decoding_without_changing_the_mode
     _, loss = model(idx, idx)
     loss.backward()  # the model still trains in this layout
     assert all(torch.isfinite(m.weight.grad).all() for m in linears)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_one_row_products_split_over_threads_equal_the_plain_product(threads, monkeypatch):
+    torch.manual_seed(0)
+    layer = Linear(64, 96, bias=False)
+    x, rows = torch.randn(1, 1, 64), torch.randn(3, 5, 64)
+    expected = torch.nn.functional.linear(x, layer.weight)
+    layer.weight.data = layer.weight.data.t().contiguous().t()  # the decode layout
+    bmm_calls = []
+    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or torch.matmul(*a))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        one_row, many_rows = layer(x), layer(rows)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(bmm_calls) == (1 if threads > 1 else 0)  # split only for one row and several threads
+    assert one_row.shape == (1, 1, 96) and torch.allclose(one_row, expected, atol=1e-6)
+    assert torch.allclose(many_rows, torch.nn.functional.linear(rows, layer.weight), atol=1e-6)
