@@ -152,13 +152,17 @@ class SwiGLU(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (no bias) with a faster path for the one-row products of decoding.
+    """A bias-free nn.Linear (the Llama block has none) with a faster path for the one-row
+    products of decoding.
 
     Decoding one token streams every weight from memory for a handful of FLOPs, and PyTorch runs
     a one-row product on one core. With the weight stored (in, out) (GPTMini.use_decode_layout)
     its row blocks are contiguous, so the product splits along `in` into one block per thread:
     a batched matmul, which PyTorch spreads over its threads, then a sum of the partial results.
     """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -174,8 +178,8 @@ class Attention(nn.Module):
         super().__init__()
         self.layer, self.n_heads, self.n_kv_heads = layer, config.n_heads, config.n_kv_heads
         self.head_dim, self.dropout = config.head_dim, config.dropout
-        self.qkv = Linear(config.d_model, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim, bias=False)
-        self.proj = Linear(config.d_model, config.d_model, bias=False)
+        self.qkv = Linear(config.d_model, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim)
+        self.proj = Linear(config.d_model, config.d_model)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -199,8 +203,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.gate_up = Linear(config.d_model, 2 * config.mlp_hidden, bias=False)
-        self.down = Linear(config.mlp_hidden, config.d_model, bias=False)
+        self.gate_up = Linear(config.d_model, 2 * config.mlp_hidden)
+        self.down = Linear(config.mlp_hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up(x)
@@ -265,7 +269,7 @@ class GPTMini(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = self._rope_tables(config)

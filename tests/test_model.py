@@ -206,7 +206,7 @@ def test_engine_stores_weights_transposed_for_decoding_without_changing_the_mode
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_one_row_products_split_over_threads_equal_the_plain_product(threads, monkeypatch):
     torch.manual_seed(0)
-    layer = Linear(64, 96, bias=False)
+    layer = Linear(64, 96)
     x, rows = torch.randn(1, 1, 64), torch.randn(3, 5, 64)
     expected = torch.nn.functional.linear(x, layer.weight)
     layer.weight.data = layer.weight.data.t().contiguous().t()  # the decode layout
