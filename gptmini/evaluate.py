@@ -39,16 +39,22 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(normalize(prediction) == normalize(reference))
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style F1 over normalised word tokens."""
+def _word_f1(prediction: str, reference: str, overlap) -> float:
+    """F1 of `overlap(pred_words, ref_words)` matched words over normalised word tokens; two empty
+    answers agree fully, one empty answer not at all."""
     pred, ref = normalize(prediction).split(), normalize(reference).split()
     if not pred or not ref:
         return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
+    matched = overlap(pred, ref)
+    if matched == 0:
         return 0.0
-    precision, recall = common / len(pred), common / len(ref)
+    precision, recall = matched / len(pred), matched / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1: words in common, each counted as often as both sides have it."""
+    return _word_f1(prediction, reference, lambda p, r: sum((Counter(p) & Counter(r)).values()))
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -61,15 +67,8 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: longest common subsequence of normalised word tokens."""
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    lcs = _lcs(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1: the longest common subsequence of normalised word tokens."""
+    return _word_f1(prediction, reference, _lcs)
 
 
 def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
@@ -272,7 +271,7 @@ def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
 
 def plot_runs(png: Path, model_dirs: list[Path]) -> bool:
     """Train/validation loss of each checkpoint's run (metrics.jsonl beside it); False if none has one."""
-    from .plots import plt, read_metrics
+    from .plots import draw_run, plt, read_metrics
 
     runs, seen = [], set()
     for d in model_dirs:  # best/ and last/ of one run share its metrics: draw the run once
@@ -288,12 +287,7 @@ def plot_runs(png: Path, model_dirs: list[Path]) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     for d, rows in runs:
-        run = d.resolve().parent.name
-        line, = ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label=f"{run} train")
-        val = [r for r in rows if r.get("val_loss") is not None]
-        if val:
-            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o--", color=line.get_color(),
-                    label=f"{run} validation")
+        draw_run(ax, rows, d.resolve().parent.name)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()

@@ -16,15 +16,22 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def draw_run(ax, rows: list[dict], name: str = "") -> None:
+    """A run's training loss as a line and its validation losses as points, in one colour."""
+    prefix = f"{name} " if name else ""
+    line, = ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label=f"{prefix}train")
+    val = [r for r in rows if r.get("val_loss") is not None]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o--", color=line.get_color(),
+                label=f"{prefix}validation")
+
+
 def plot_loss_curve(metrics_file: Path, png: Path, title: str | None = None) -> None:
     rows = read_metrics(metrics_file)
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train")
-    val = [r for r in rows if r.get("val_loss") is not None]
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    draw_run(ax, rows)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title or f"{metrics_file.parent.name}: loss")
