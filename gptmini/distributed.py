@@ -31,7 +31,8 @@ class World:
     def sum(self, value: float) -> float:
         if self.size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        t = torch.tensor([value], dtype=torch.float64, device=f"cuda:{self.local_rank}" if on_gpu else "cpu")
         dist.all_reduce(t)
         return t.item()
 
