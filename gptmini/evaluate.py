@@ -92,10 +92,10 @@ def chrf(prediction: str, reference: str, max_n: int = 6, beta: float = 2.0) -> 
     return 0.0 if p + r == 0 else 100 * (1 + beta**2) * p * r / (beta**2 * p + r)
 
 
-def read_eval_data(path: str | Path, fields: dict | str | None = None) -> Records:
+def read_eval_data(path: str | Path, fields: dict | str | None = None, encoding: str | None = None) -> Records:
     """Like `read_examples`, but a record without an answer is kept as a prompt only, so that eval
     counts it as unscorable instead of rejecting the whole file. Any other problem still fails."""
-    return records.read_examples(path, fields, require_answer=False)
+    return records.read_examples(path, fields, require_answer=False, encoding=encoding)
 
 
 def instruction_of(example: Example) -> str:

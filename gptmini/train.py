@@ -81,6 +81,11 @@ def make_optimizer(model: GPTMini, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
+def no_validation_note(reason: str) -> str:
+    """Said before a run without validation starts, so that a missing best/ is no surprise after it."""
+    return f"note: no validation ({reason}), so no best/ checkpoint will be written: last/ is the final model"
+
+
 def prepare_output(out: Path, resume: bool, overwrite: bool, device: str = "cpu") -> World:
     """Refuses to mix runs: an output folder holding one needs --resume or --overwrite.
 

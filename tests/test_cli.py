@@ -1,5 +1,9 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from gptmini import Engine, SamplingParams, get_template, save
 from gptmini.cli import main
@@ -27,3 +31,60 @@ def test_bad_checkpoint_is_one_clear_line_without_traceback(tmp_path):
     out = run_cli("generate", "--model", str(tmp_path / "nope"), "hi")
     assert out.returncode == 2
     assert out.stderr.strip() == f"gptmini generate: error: {tmp_path / 'nope'}: checkpoint directory not found"
+
+
+def test_numeric_flags_out_of_range_are_usage_errors(capsys):
+    for args, message in [(["sft", "--val-fraction", "20"], "argument --val-fraction: must be a number in [0, 1), got 20 "
+                                                            "(a fraction: 0.05 is 5%)"),
+                          (["sft", "--max-steps", "0"], "argument --max-steps: must be an integer > 0, got 0"),
+                          (["generate", "--model", "m", "--top-k", "x"], "argument --top-k: expected an integer, got 'x'"),
+                          (["serve", "--model", "m", "--queue-size", "-1"], "argument --queue-size: must be an integer ≥ 0")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_epochs_with_max_steps_is_refused(tmp_path, capsys):
+    assert main(["sft", "--epochs", "3", "--max-steps", "50", "--out", str(tmp_path / "run")]) == 2
+    assert "--epochs and --max-steps both set the length of the run; give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_validation_says_best_will_not_exist(tmp_path, capsys):
+    data = tmp_path / "ten.csv"  # Excel's pt-BR CSV: BOM and semicolons, no flags needed
+    data.write_text("\ufeffpergunta;resposta\n" + "".join(f"Quanto é {i}+1?;{i + 1}\n" for i in range(10)), encoding="utf-8")
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), "--tokenizer", "char", "--context-size", "32",
+                 "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--max-steps", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 10 records (shape: pergunta/resposta)" in out
+    assert ("note: no validation (--val-fraction 0.05 of 10 records is under one example), so no best/ checkpoint "
+            "will be written: last/ is the final model") in out
+    assert (tmp_path / "run" / "last").is_dir() and not (tmp_path / "run" / "best").exists()
+
+
+def test_generate_file_reads_text_lines_and_conversations(tmp_path, tiny_model, char_tokenizer, capsys):
+    save(tmp_path / "c", tiny_model, char_tokenizer, {"template": get_template().to_dict()})
+    (tmp_path / "p.txt").write_text("Olá\r\n\r\nOi\r\n", encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"conversations": [
+        {"from": "human", "value": "Olá"}, {"from": "gpt", "value": "Oi"}, {"from": "human", "value": "Oi"}]}) + "\n")
+    engine = Engine(tiny_model, char_tokenizer, get_template())
+    for name, prompt in [("p.txt", [{"role": "user", "content": "Olá"}]), ("c.jsonl", [
+            {"role": "user", "content": "Olá"}, {"role": "assistant", "content": "Oi"}, {"role": "user", "content": "Oi"}])]:
+        expected = engine.generate([engine.encode_prompt(prompt)], SamplingParams(max_new_tokens=5))[0].text
+        assert main(["generate", "--model", str(tmp_path / "c"), "--max-new-tokens", "5", "--json", "--file",
+                     str(tmp_path / name)]) == 0
+        answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert answers[0]["text"] == expected and len(answers) == (2 if name == "p.txt" else 1)
+    assert main(["generate", "--model", str(tmp_path / "c"), "--raw", "--file", str(tmp_path / "c.jsonl")]) == 2
+    assert "holds conversations" in capsys.readouterr().err
+
+
+def test_fields_reach_val_data_only_where_it_has_no_shape_of_its_own(tmp_path, capsys):
+    data = tmp_path / "qa.csv"
+    data.write_text("q,a\n" + "".join(f"Quanto é {i}+1?,{i + 1}\n" for i in range(10)), encoding="utf-8")
+    alpaca = Path(__file__).parent / "data" / "files" / "shape_alpaca.json"
+    assert main(["sft", "--data", str(data), "--fields", "instruction=q,response=a", "--val-data", str(alpaca),
+                 "--out", str(tmp_path / "run"), "--tokenizer", "char", "--context-size", "32", "--d-model", "16",
+                 "--n-heads", "2", "--n-layers", "1", "--max-steps", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 10 records (shape: --fields q/a)" in out and "validation data: 5 records (shape: alpaca)" in out

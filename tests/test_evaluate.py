@@ -130,7 +130,7 @@ def test_records_without_a_reference_are_counted_not_fatal(tmp_path):
     csv.write_text("pergunta,resposta\nOlá,Oi\nsó a pergunta\n")  # a short row: no answer column
     records = read_eval_data(csv, "instruction=pergunta,response=resposta")
     assert scorable(records.examples)[1] == [f"{csv}:3"]
-    data.write_text('{"question": "a", "answer": "b"}\n')  # wrong column names stay an error
+    data.write_text('{"pergunta_pt": "a", "resposta_pt": "b"}\n')  # unknown column names stay an error
     with pytest.raises(GptminiError, match="--fields"):
         read_eval_data(data)
 
@@ -139,7 +139,7 @@ def test_read_prompts_rejects_non_text(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "Olá"}\n\n{"instruction": "ação"}\n')
     assert read_prompts(path) == ["Olá", "ação"]
-    path.write_text('{"prompt": "Olá"}\n{"prompt": 5}\n')
+    path.write_text('{"prompt": "Olá"}\n{"prompt": [5]}\n')
     with pytest.raises(GptminiError, match="p.jsonl:2"):
         read_prompts(path)
 

@@ -97,7 +97,7 @@ def test_show_masks_marks_the_response_and_eos():
 
 def test_sft_bad_input_is_one_clear_line(tmp_path):
     pira = tmp_path / "p.jsonl"
-    pira.write_text('{"pergunta": "a", "resposta": "b"}\n')
+    pira.write_text('{"pergunta_pt": "a", "resposta_pt": "b"}\n')  # pergunta/resposta itself is recognised
     out = cli("sft", "--data", pira, "--out", tmp_path / "run")
     assert out.returncode == 2 and "--fields" in out.stderr and "p.jsonl:1" in out.stderr
     out = cli("sft", "--base", tmp_path / "missing", "--out", tmp_path / "run")

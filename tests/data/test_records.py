@@ -42,6 +42,7 @@ def test_alpaca_input_and_chat_messages(tmp_path):
 def test_field_mapping_reads_pira():
     records = read_examples(SHARED / "pira_pt_train.jsonl", "instruction=pergunta,response=resposta")
     assert len(records.examples) == 2058 and not records.skipped
+    assert read_examples(SHARED / "pira_pt_train.jsonl").report() == "2058 records (shape: pergunta/resposta)"
     assert records.examples[0].messages[0]["content"].startswith("Qual é o tipo de unidade")
 
 
@@ -49,12 +50,13 @@ def test_errors_name_file_line_and_fix(tmp_path):
     bad = write(tmp_path / "bad.jsonl", '{"instruction": "a", "response": "b"}\n{"instruction": "a",\n')
     with pytest.raises(GptminiError, match=r"bad.jsonl:2: malformed JSON line"):
         read_examples(bad)
-    pira = write(tmp_path / "p.jsonl", '{"pergunta": "a", "resposta": "b"}\n')
-    with pytest.raises(GptminiError, match=r"p.jsonl:1: record lacks field 'instruction' .*--fields instruction=COLUMN"):
-        read_examples(pira)
-    number = write(tmp_path / "n.jsonl", '{"instruction": "a", "response": 42}\n')
-    with pytest.raises(GptminiError, match=r"n.jsonl:1: field 'response' must be text, found int"):
-        read_examples(number)
+    unknown = write(tmp_path / "p.jsonl", '{"pergunta": "a", "answer_pt": "b"}\n')
+    with pytest.raises(GptminiError, match=r"p.jsonl:1: record has 'pergunta', 'answer_pt', which fits no recognised "
+                                           r"shape .*--fields instruction=COLUMN"):
+        read_examples(unknown)
+    nested = write(tmp_path / "n.jsonl", '{"instruction": "a", "response": {"text": "b"}}\n')
+    with pytest.raises(GptminiError, match=r"n.jsonl:1: field 'response' must be text, found dict"):
+        read_examples(nested)
     with pytest.raises(GptminiError, match="unsupported format '.xml'"):
         read_examples(write(tmp_path / "x.xml", "<a/>"))
     with pytest.raises(GptminiError, match="expected NAME=COLUMN"):

@@ -34,11 +34,13 @@ def world(tmp_path_factory):
     files = {
         "truncated.json": '[{"instruction": "a", "response": "b"}, {"instr',
         "bad_middle.jsonl": GOOD + '{"instruction": "a" "response": "b"}\n' + GOOD,
-        "wrong_fields.jsonl": '{"question": "a", "answer": "b"}\n',
-        "number.jsonl": '{"instruction": 5, "response": "b"}\n',
+        "wrong_fields.jsonl": '{"q": "a", "a": "b"}\n',  # no recognised shape
+        "number.jsonl": '{"instruction": [5], "response": "b"}\n',  # a list: numbers alone are read as text
         "empty.jsonl": "",
         "empty.txt": "",
-        "huge_line.jsonl": '{"instruction": "' + "a" * 200_000 + '", "response": 7}\n',
+        "huge_line.jsonl": '{"instruction": "' + "a" * 200_000 + '", "response": {"n": 7}}\n',
+        "unclosed.csv": 'pergunta,resposta\nOi,Olá\n"Aberta,sem fim\n',
+        "extra_values.csv": "pergunta,resposta\nOi,Olá, tudo bem?\n",
         "not_a_list.json": '{"instruction": "a"}',
         "good.jsonl": GOOD,
     }
@@ -47,6 +49,7 @@ def world(tmp_path_factory):
     (root / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("ação e não".encode("latin-1"))
     (root / "latin1.jsonl").write_bytes('{"instruction": "ação", "response": "b"}\n'.encode("latin-1"))
+    (root / "latin1.csv").write_bytes("pergunta;resposta\nQual é a função?;Focar.\n".encode("latin-1"))
     (root / "out").mkdir()
     (root / "out" / "keep.txt").write_text("existing output")
     return root
@@ -78,6 +81,23 @@ def case_args(root: Path) -> dict[str, tuple[list, str]]:
     cases["generate:bad_file"] = (["generate", "--model", c("ckpt"), "--file", c("wrong_fields.jsonl")], "wrong_fields.jsonl:1")
     cases["import-hf:not_hf"] = (["import-hf", c("ckpt"), "--out", c("out/imp")], "ckpt")
     cases["generate:bad_template"] = (["generate", "--model", c("ckpt"), "--template", c("empty.txt"), "hi"], "empty.txt")
+    # Data as users have it (issue 16): each reading verb names the line and the fix.
+    new_data = {"latin1.csv": "latin1.csv:2: not UTF-8 text", "wrong_fields.jsonl": "fits no recognised shape",
+                "unclosed.csv": "unclosed.csv:3: malformed CSV", "extra_values.csv": "extra_values.csv:2: 3 values"}
+    for name, expected in new_data.items():
+        cases[f"sft:{name}"] = (data(name), expected)
+        cases[f"eval:{name}"] = (["eval", "--model", c("ckpt"), "--data", c(name), "--out", c("out/eval")], expected)
+        cases[f"generate-file:{name}"] = (["generate", "--model", c("ckpt"), "--file", c(name)], expected)
+    cases["sft:latin1.csv"] = (data("latin1.csv"), "--encoding latin-1")
+    cases["sft:unknown_encoding"] = ([*data("good.jsonl"), "--encoding", "klingon"], "--encoding 'klingon'")
+    # Numeric flags out of range stop at parsing, before any data or model is read.
+    cases["sft:val_fraction_20"] = ([*data("good.jsonl"), "--val-fraction", "20"], "--val-fraction: must be a number in [0, 1)")
+    cases["sft:epochs_and_max_steps"] = ([*data("good.jsonl"), "--epochs", "3", "--max-steps", "50"], "give one of them")
+    cases["sft:lr_negative"] = ([*data("good.jsonl"), "--lr", "-0.001"], "--lr: must be a number > 0")
+    cases["pretrain:batch_size_0"] = (["pretrain", "--out", c("out/pre"), "--batch-size", "0"], "--batch-size: must be an integer > 0")
+    cases["generate:top_p_2"] = (["generate", "--model", c("ckpt"), "--top-p", "2", "hi"], "--top-p: must be a number in (0, 1]")
+    cases["eval:temperature_nan"] = (["eval", "--model", c("ckpt"), "--data", c("good.jsonl"), "--temperature", "nan"],
+                                     "--temperature: must be a number")
     return cases
 
 
