@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -10,11 +11,39 @@ from pathlib import Path
 from .errors import GptminiError
 
 
+def ranged(kind: type, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = True,
+           hint: str = ""):
+    """An argparse type: a `kind` number from low to high (open ends as given), else a usage error
+    (exit 2) saying the range, so that e.g. --val-fraction 20 never reaches the data."""
+    span = (f"{'>' if low_open else '≥'} {low}" if high is None
+            else f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"must be {noun} {span}, got {text}{hint}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+POSITIVE_INT, NONNEGATIVE_INT = ranged(int, 0, low_open=True), ranged(int, 0)
+POSITIVE, NONNEGATIVE = ranged(float, 0, low_open=True), ranged(float, 0)
+FRACTION = ranged(float, 0, 1, hint=" (a fraction: 0.05 is 5%)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128)
+    p.add_argument("--temperature", type=NONNEGATIVE, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=None)
+    p.add_argument("--top-p", type=ranged(float, 0, 1, low_open=True, high_open=False), default=None)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
@@ -25,24 +54,24 @@ def sampling_params(args: argparse.Namespace):
     return SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(args.stop))
 
 
-def read_prompts(path: str) -> list[str]:
-    """--file: JSONL with one {"prompt": ...} or {"instruction": ...} per line."""
+def read_prompts(path: str | Path, encoding: str | None = None) -> list[str | list[dict]]:
+    """--file: a .txt with one prompt per line, or records in any shape sft reads (the same reader; an
+    answer, if any, is left out). A one-turn record gives its text; a conversation (a system message,
+    several turns, an input) its messages, for the template."""
+    from .data.records import read_examples, read_text
+
+    if Path(path).suffix.lower() == ".txt":  # split on "\n" only, like JSONL: U+2028 stays in its prompt
+        return [line.removesuffix("\r") for line in read_text(path, encoding).split("\n") if line.strip()]
+    records = read_examples(path, require_answer=False, encoding=encoding)
+    if records.skipped or records.as_text:  # never silently: say what was left out or changed
+        print(f"note: {path}: {records.report()}", file=sys.stderr)
     prompts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GptminiError(f"{path}: cannot read ({exc})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            prompt = record["prompt"] if "prompt" in record else record["instruction"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            prompt = None
-        if not isinstance(prompt, str):
-            raise GptminiError(f"{path}:{n}: expected a JSON object with a text \"prompt\" or \"instruction\"")
-        prompts.append(prompt)
+    for example in records.examples:
+        messages = example.messages[:-1] if example.messages[-1]["role"] == "assistant" else example.messages
+        if not any(m["role"] == "user" for m in messages):
+            raise GptminiError(f"{example.where}: no user message to answer")
+        one_turn = len(messages) == 1 and "input" not in messages[0]
+        prompts.append(messages[0]["content"] if one_turn else messages)
     return prompts
 
 
@@ -55,12 +84,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     template = get_template(args.template) if args.template else ckpt.template
     engine = Engine(ckpt.model, ckpt.tokenizer, template)
     params = sampling_params(args)
-    prompts = list(args.prompt) + (read_prompts(args.file) if args.file else [])
+    prompts = list(args.prompt) + (read_prompts(args.file, args.encoding) if args.file else [])
     if not prompts:
         raise GptminiError("give prompts as arguments or with --file prompts.jsonl")
     raw = template is None or args.raw
+    if raw and any(isinstance(p, list) for p in prompts):
+        raise GptminiError(f"{args.file}: holds conversations (system message, several turns or an input), which "
+                           "need a template; drop --raw, or give --template for a model without one")
 
-    def encode(prompt: str) -> list[int]:
+    def encode(prompt: str | list[dict]) -> list[int]:
+        if isinstance(prompt, list):  # a conversation read from --file
+            return engine.encode_prompt(prompt)
         return engine.encode_prompt(prompt if raw else [{"role": "user", "content": prompt}])
 
     if args.json or args.file:  # batches, one JSON object (or answer) per line
@@ -82,7 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .data.templates import get_template
     from .evaluate import metrics_table, read_eval_data, run_eval
 
-    records = read_eval_data(args.data, args.fields)
+    records = read_eval_data(args.data, args.fields, args.encoding)
     print(f"data: {records.report()}")
     out = Path(args.out or Path(args.model) / "eval")
     template = get_template(args.template) if args.template else None
@@ -108,11 +142,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
     run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template), args.system), sampling_params(args))
 
 
-MODEL_FLAGS = {"context_size": int, "d_model": int, "n_heads": int, "n_layers": int, "n_kv_heads": int,
-               "mlp_hidden": int, "dropout": float}
-TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "lr": float, "warmup_steps": int,
-               "min_lr_ratio": float, "weight_decay": float, "grad_clip": float, "eval_every": int,
-               "eval_batches": int, "save_every": int, "log_every": int, "max_time": float, "seed": int, "device": str}
+MODEL_FLAGS = {"context_size": POSITIVE_INT, "d_model": POSITIVE_INT, "n_heads": POSITIVE_INT,
+               "n_layers": POSITIVE_INT, "n_kv_heads": POSITIVE_INT, "mlp_hidden": POSITIVE_INT, "dropout": FRACTION}
+TRAIN_FLAGS = {"max_steps": POSITIVE_INT, "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "lr": POSITIVE,
+               "warmup_steps": NONNEGATIVE_INT, "min_lr_ratio": ranged(float, 0, 1, high_open=False),
+               "weight_decay": NONNEGATIVE, "grad_clip": NONNEGATIVE,  # grad_clip 0: no clipping
+               "eval_every": POSITIVE_INT, "eval_batches": POSITIVE_INT, "save_every": POSITIVE_INT,
+               "log_every": POSITIVE_INT, "max_time": POSITIVE,
+               "seed": NONNEGATIVE_INT,  # numpy's generators (the validation split) take no negative seed
+               "device": str}
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +165,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     train.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CUDA)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None)
-    train.add_argument("--devices", type=int, default=1,
+    train.add_argument("--devices", type=POSITIVE_INT, default=1,
                        help="processes to train with (DDP via torchrun: gloo on CPU, NCCL with --device cuda)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
@@ -160,7 +198,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
     summary = pretrain(args.out, args.data, args.tokenizer, args.vocab_size, model_overrides(args),
-                       train_overrides(args), args.resume, args.overwrite, args.val_fraction)
+                       train_overrides(args), args.resume, args.overwrite, args.val_fraction, args.mix_data,
+                       args.mix_ratio, args.template, args.fields)
     print_summary(summary, args.out)
 
 
@@ -169,14 +208,14 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     if args.show_masks:
         print(preview_masks(args.data, args.base, args.template, args.fields, args.tokenizer, args.vocab_size,
-                            args.show_masks))
+                            args.show_masks, encoding=args.encoding))
         return
     if not args.out:
         raise GptminiError("--out is required (the run folder to write checkpoints into)")
     summary = sft(args.out, args.data, args.base, args.template, args.fields, args.val_data, args.val_fraction,
                   args.tokenizer, args.vocab_size, args.long_examples, args.epochs, model_overrides(args),
                   train_overrides(args), args.resume, args.overwrite, args.lora_rank, args.lora_alpha,
-                  args.lora_embeddings)
+                  args.lora_embeddings, encoding=args.encoding)
     print_summary(summary, args.out)
 
 
@@ -214,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--template", help="override the checkpoint's template (name or file)")
     p.add_argument("--raw", action="store_true", help="no template: continue the text as given")
-    p.add_argument("--file", help="JSONL of {\"prompt\": ...} (or instruction) records, answered in batches")
+    p.add_argument("--file", help="prompts, answered in batches: a .txt with one per line, or records in any "
+                                  "format sft reads ({\"prompt\": ...}, {\"instruction\": ...}, messages, ...)")
+    p.add_argument("--encoding", help="text encoding of --file (default UTF-8)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
     p.add_argument("--device", default="cpu")
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
@@ -226,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="records in any format sft accepts (the last answer is the reference)")
     p.add_argument("--compare", nargs="*", default=[], help="more checkpoints to put beside --model")
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
+    p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
     p.add_argument("--template", help="template for checkpoints without one (a base model)")
     p.add_argument("--out", help="report folder (default: MODEL/eval)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts answered together (and loss batch size)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
     p.add_argument("--device", default="cpu")
     add_sampling_args(p)
     p.set_defaults(func=cmd_eval)
@@ -245,8 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", help="text files (.txt, .txt.gz, .txt.xz) or folders; default: the embedded corpus")
     p.add_argument("--out", required=True, help="run folder (checkpoints last/ and best/, metrics, loss.png)")
     p.add_argument("--tokenizer", default="bpe", help="char, bpe, or a tokenizer.json / checkpoint to reuse")
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 8192)")
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--vocab-size", type=POSITIVE_INT, help="BPE vocabulary size (default 8192)")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.05)
+    p.add_argument("--mix-data", help="midtraining: instruction records (any format sft reads) mixed into the "
+                                      "pretraining windows, formatted by --template")
+    p.add_argument("--mix-ratio", type=FRACTION, default=0.1, help="share of training windows drawn from --mix-data")
+    p.add_argument("--template", help="template that formats --mix-data (default: comando)")
+    p.add_argument("--fields", help="column names of --mix-data, e.g. instruction=pergunta,response=resposta")
     add_training_args(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -255,17 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSON/JSONL/CSV/TSV records; default: the embedded instruction set")
     p.add_argument("--out", help="run folder (checkpoints last/ and best/, metrics, loss.png)")
     p.add_argument("--template", help="comando (default), alpaca, chat, or a template file")
-    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
+    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (for --val-data: "
+                                    "only if its own shape is not recognised)")
+    p.add_argument("--encoding", help="text encoding of --data and --val-data (default UTF-8; e.g. latin-1)")
     p.add_argument("--val-data", help="separate validation file (instead of --val-fraction)")
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.05)
     p.add_argument("--tokenizer", help="char or bpe (trained on the data), or a tokenizer.json; default: the base's")
-    p.add_argument("--vocab-size", type=int)
-    p.add_argument("--long-examples", choices=["truncate", "window"], default="truncate",
-                   help="examples longer than the context: cut the prompt first (default) or split into windows")
-    p.add_argument("--epochs", type=float, help="train for this many passes over the data (instead of --max-steps)")
-    p.add_argument("--show-masks", type=int, metavar="N", help="print N formatted examples with trained tokens marked, then exit")
-    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of every weight")
-    p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator (default 2 x rank)")
+    p.add_argument("--vocab-size", type=POSITIVE_INT)
+    p.add_argument("--long-examples", choices=["pinned", "truncate", "window"], default="pinned",
+                   help="examples longer than the context: pinned (default) trains the answer in windows that "
+                        "each start with the whole instruction; truncate cuts the prompt first; window splits "
+                        "into overlapping windows")
+    p.add_argument("--epochs", type=POSITIVE,
+                   help="train for this many passes over the data (instead of --max-steps: giving both is an error)")
+    p.add_argument("--show-masks", type=POSITIVE_INT, metavar="N",
+                   help="print N formatted examples with trained tokens marked, then exit")
+    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight")
+    p.add_argument("--lora-alpha", type=POSITIVE, help="LoRA scaling numerator (default 2 x rank)")
     p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
@@ -273,11 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("serve", help="OpenAI-compatible HTTP API and a web chat page")
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=ranged(int, 0, 65535, high_open=False), default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1")
-    p.add_argument("--max-tokens", type=int, default=256, help="cap on max_tokens per request")
-    p.add_argument("--workers", type=int, default=1, help="generation threads")
-    p.add_argument("--queue-size", type=int, default=16, help="requests that may wait; beyond that: 429")
+    p.add_argument("--max-tokens", type=POSITIVE_INT, default=256, help="cap on max_tokens per request")
+    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="generation threads")
+    p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_serve)
 
@@ -293,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("demo", help="the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--sft-epochs", type=float, default=25)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300)
+    p.add_argument("--sft-epochs", type=POSITIVE, default=25)
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

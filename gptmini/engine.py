@@ -1,10 +1,12 @@
 """Generation: prefill the prompt once into a KV cache, then decode one token per step.
 
 Greedy by default; temperature / top-k / top-p sampling with an optional seed. A row stops at
-end-of-text, at a user stop string, after `max_new_tokens`, or when the context window is full.
+end-of-text, at a user stop string, or after `max_new_tokens`. An answer that fills the context
+window goes on in a sliding window: the prompt stays pinned, the oldest answer tokens make room
+(the layout sft trains long answers in, see data/batches.py).
 
 Long prompts: a prompt keeps its last `max(context_size - max_new_tokens, context_size // 2)`
-tokens, so there is always room to answer; the cut is reported in `Completion.prompt_truncated`.
+tokens, so there is room to answer; the cut is reported in `Completion.prompt_truncated`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .data.batches import slide_keep
 from .data.templates import Template
 from .model import GPTMini, KVCache
 from .tokenizer import Tokenizer
@@ -157,34 +160,65 @@ class Engine:
 
     @torch.inference_mode()
     def _token_steps(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[torch.Tensor]:
-        """Yields the next token of every row, step after step (left-padded batch)."""
-        model, config = self.model, self.model.config
-        device = model.embed.weight.device
+        """Yields the next token of every row, step after step, up to max_new_tokens.
+
+        When a row fills the window (context_size + 1 tokens, the last one just sampled), it
+        slides as sft's pinned windows were trained: its prompt stays, its answer keeps only its
+        last `slide_keep` tokens, and the batch is prefilled again. Each row slides on its own
+        length, so a batched answer is the answer the row would get alone.
+        """
+        ctx = self.model.config.context_size
         budget = self.prompt_budget(params.max_new_tokens)
         prompts = [p[-budget:] if p else [self.tokenizer.eot_id] for p in prompts]
-        width = max(len(p) for p in prompts)
-        pads = torch.tensor([width - len(p) for p in prompts], device=device)
-        idx = torch.tensor([[self.tokenizer.pad_id] * (width - len(p)) + p for p in prompts], device=device)
-        positions = key_mask = None
-        if pads.any():
-            positions = (torch.arange(width, device=device) - pads[:, None]).clamp(min=0)
-            key_mask = torch.zeros(len(prompts), config.context_size, dtype=torch.bool, device=device)
-            key_mask[:, :width] = torch.arange(width, device=device) >= pads[:, None]
-        cache = KVCache(config, len(prompts), device, model.embed.weight.dtype)
+        answers: list[list[int]] = [[] for _ in prompts]
         generator = None
         if params.seed is not None:
-            generator = torch.Generator(device).manual_seed(params.seed)
-        logits, _ = model(idx, positions=positions, key_mask=key_mask, cache=cache, last_only=True)
-        steps = min(params.max_new_tokens, config.context_size - width)
-        for step in range(steps):
-            tokens = sample_next(logits[:, -1], params, generator)
-            yield tokens
-            if step == steps - 1:
-                return
-            if key_mask is not None:
-                key_mask[:, cache.length] = True
-                positions = positions[:, -1:] + 1
-            logits, _ = model(tokens[:, None], positions=positions, key_mask=key_mask, cache=cache)
+            generator = torch.Generator(self.model.embed.weight.device).manual_seed(params.seed)
+        produced = 0
+        while produced < params.max_new_tokens:
+            window = _Window(self.model, [p + a for p, a in zip(prompts, answers)], self.tokenizer.pad_id)
+            logits = window.prefill()
+            for step in range(min(params.max_new_tokens - produced, window.room)):
+                tokens = sample_next(logits, params, generator)
+                yield tokens
+                produced += 1
+                for answer, token in zip(answers, tokens.tolist()):
+                    answer.append(token)
+                if step < window.room - 1 and produced < params.max_new_tokens:
+                    logits = window.step(tokens)
+            answers = [a[-slide_keep(len(p), ctx + 1):] if len(p) + len(a) > ctx else a
+                       for p, a in zip(prompts, answers)]
+
+
+class _Window:
+    """Left-padded rows in one KV cache: prefill them, then decode a token per row per step."""
+
+    def __init__(self, model: GPTMini, rows: list[list[int]], pad_id: int) -> None:
+        self.model, config = model, model.config
+        device = model.embed.weight.device
+        width = max(len(r) for r in rows)
+        pads = torch.tensor([width - len(r) for r in rows], device=device)
+        self.idx = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+        self.positions = self.key_mask = None
+        if pads.any():
+            self.positions = (torch.arange(width, device=device) - pads[:, None]).clamp(min=0)
+            self.key_mask = torch.zeros(len(rows), config.context_size, dtype=torch.bool, device=device)
+            self.key_mask[:, :width] = torch.arange(width, device=device) >= pads[:, None]
+        self.cache = KVCache(config, len(rows), device, model.embed.weight.dtype)
+        self.room = config.context_size - width + 1  # tokens to sample, the last from a full cache
+
+    def prefill(self) -> torch.Tensor:
+        """(B, V) logits of every row's next token."""
+        logits, _ = self.model(self.idx, positions=self.positions, key_mask=self.key_mask, cache=self.cache,
+                               last_only=True)
+        return logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.key_mask is not None:
+            self.key_mask[:, self.cache.length] = True
+            self.positions = self.positions[:, -1:] + 1
+        logits, _ = self.model(tokens[:, None], positions=self.positions, key_mask=self.key_mask, cache=self.cache)
+        return logits[:, -1]
 
 
 def generate(model: GPTMini, tokenizer: Tokenizer, prompt: str, **params) -> str:

@@ -104,9 +104,10 @@ class Server:
             raise ApiError(400, f"max_tokens {requested} is above this server's limit of {self.max_tokens}",
                            param="max_tokens")
         stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-        # The answer gets what the window has left, so the prompt is never cut.
-        return SamplingParams(min(requested or self.max_tokens, context - prompt_tokens), body.temperature,
-                              None, body.top_p, body.seed, tuple(s for s in stop if s))
+        max_new = requested or self.max_tokens
+        if prompt_tokens > self.engine.prompt_budget(max_new):  # never cut the prompt: answer in what is left
+            max_new = context - prompt_tokens
+        return SamplingParams(max_new, body.temperature, None, body.top_p, body.seed, tuple(s for s in stop if s))
 
     def start(self, ids: list[int], params: SamplingParams, stream: bool) -> Job:
         if self.active >= self.capacity:

@@ -24,14 +24,14 @@ from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTConfig, GPTMini
 from .pretrain import DEFAULT_MODEL, resolve_train_config
 from .tokenizer import Tokenizer
-from .train import Trainer, prepare_output
+from .train import Trainer, no_validation_note, prepare_output
 from .transfer import load_legacy_state_dict, transfer
 
 DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 
 
 def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
-                    policy: str = "truncate") -> tuple[list[tuple[list[int], list[int]]], Counter]:
+                    policy: str = "pinned") -> tuple[list[tuple[list[int], list[int]]], Counter]:
     """Training sequences (ids, labels) of at most context_size + 1 tokens, and what was done to fit them."""
     sequences, outcomes = [], Counter()
     for example in examples:
@@ -40,6 +40,21 @@ def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Tem
         sequences += pieces
         outcomes[outcome] += 1
     return sequences, outcomes
+
+
+def needed_context(examples: list[Example], tokenizer: Tokenizer, template: Template, share: float = 0.95) -> int:
+    """The --context-size that would hold `share` of the examples whole (prompt, answer, end-of-text)."""
+    lengths = sorted(len(template.encode(tokenizer, e.messages)[0]) - 1 for e in examples)
+    return lengths[min(len(lengths) - 1, math.ceil(share * len(lengths)) - 1)]
+
+
+def describe_fit(outcomes: Counter, context: int, examples: list[Example], tokenizer: Tokenizer,
+                 template: Template) -> str:
+    """One line for the SFT summary: what fitting the context did, and what context would avoid it."""
+    line = f"fitting the {context}-token context: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
+    if set(outcomes) != {"ok"}:
+        line += f" (a --context-size of {needed_context(examples, tokenizer, template)} would hold 95% of them whole)"
+    return line
 
 
 def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -93,18 +108,21 @@ def new_tokenizer(spec: str, examples: list[Example], template: Template, vocab_
 
 def sft(out: str | Path, data: str | Path | None = None, base: str = "none", template: str | None = None,
         fields: str | dict | None = None, val_data: str | Path | None = None, val_fraction: float = 0.05,
-        tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "truncate",
+        tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "pinned",
         epochs: float | None = None, model: dict | None = None, train: dict | None = None,
         resume: bool = False, overwrite: bool = False, lora_rank: int | None = None,
-        lora_alpha: float | None = None, lora_embeddings: bool = False) -> dict:
+        lora_alpha: float | None = None, lora_embeddings: bool = False, encoding: str | None = None) -> dict:
     """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary.
 
     lora_rank: train LoRA adapters of this rank instead of every weight (see lora.py).
+    encoding: of data and val_data (default UTF-8).
     """
     if lora_rank and (base == "none" or tokenizer):
         raise GptminiError("--lora-rank adapts an existing base with its own tokenizer: give --base DIR, no --tokenizer")
+    if epochs is not None and "max_steps" in (train or {}):  # refused: one would silently win over the other
+        raise GptminiError("--epochs and --max-steps both set the length of the run; give one of them")
     out = Path(out)
-    records = read_examples(data or DEFAULT_INSTRUCTIONS, fields)
+    records = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding)
     print(f"data: {records.report()}")
     prepare_output(out, resume, overwrite, (train or {}).get("device", "cpu"))
     cfg_overrides = dict(train or {})
@@ -127,7 +145,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
             meta["lora"] = {"rank": lora_rank, "alpha": lora_alpha or 2.0 * lora_rank, "embeddings": lora_embeddings}
     train_examples, val_examples = split_validation(records.examples, 0 if val_data else val_fraction, cfg.seed)
     if val_data:
-        val_records = read_examples(val_data, fields)
+        val_records = read_examples(val_data, fields, encoding=encoding, fields_fallback=True)  # its own shape first
         print(f"validation data: {val_records.report()}")
         val_examples = val_records.examples
     unknown = sum(tok.count_unknown(t) for t in example_texts(records.examples, tmpl))
@@ -135,13 +153,17 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         print(f"note: {unknown} characters of the data are not in the tokenizer's vocabulary; encoded as <|unk|>")
     context = net.config.context_size
     train_seqs, outcomes = encode_examples(train_examples, tok, tmpl, context, long_examples)
-    print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; fitting the {context}-token context: "
-          + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())))
+    print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; "
+          + describe_fit(outcomes, context, train_examples, tok, tmpl))
     train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id)
     val_batches = None
     if val_examples:
         val_seqs, _ = encode_examples(val_examples, tok, tmpl, context, long_examples)
         val_batches = ExampleBatches(val_seqs, cfg.batch_size, cfg.seed, tok.pad_id) if val_seqs else None
+    if val_batches is None:
+        n = len(records.examples)
+        print(no_validation_note("--val-fraction 0" if not val_fraction else
+                                 f"--val-fraction {val_fraction} of {n} records is under one example"))
     if epochs is not None and "max_steps" not in cfg_overrides:
         cfg.max_steps = max(1, math.ceil(epochs * train_batches.batches_per_epoch / cfg.grad_accum))
     meta["data"] = {"file": str(data or "embedded"), "train_examples": len(train_examples),
@@ -154,10 +176,10 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
 
 
 def preview_masks(data: str | Path | None, base: str, template: str | None, fields: str | dict | None,
-                  tokenizer: str | None, vocab_size: int | None, n: int) -> str:
+                  tokenizer: str | None, vocab_size: int | None, n: int, encoding: str | None = None) -> str:
     """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked."""
     tmpl = get_template(template)
-    examples = read_examples(data or DEFAULT_INSTRUCTIONS, fields).examples
+    examples = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding).examples
     if starts_without_checkpoint(base) or tokenizer:
         tok = new_tokenizer(tokenizer or "char", examples, tmpl, vocab_size)
     else:

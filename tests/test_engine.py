@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from gptmini import Engine, SamplingParams, generate, get_template
+from gptmini.data.batches import slide_keep
 from gptmini.engine import sample_next
 
 
@@ -91,9 +93,51 @@ def test_long_prompt_keeps_its_last_tokens(tiny_model, char_tokenizer):
     assert c.prompt_truncated == 200 - 54 and c.prompt_tokens == 54 and len(c.token_ids) == 10
     [same] = engine.generate([long[-54:]], SamplingParams(max_new_tokens=10))
     assert same.token_ids == c.token_ids
-    # asking for more tokens than the window holds still answers, until the window is full
+    # asking for more tokens than the window holds: half the window is kept for the prompt
     [c] = engine.generate([long], SamplingParams(max_new_tokens=500))
-    assert c.prompt_tokens == 32 and len(c.token_ids) == 32 and c.finish_reason == "length"
+    assert c.prompt_tokens == 32 and len(c.token_ids) == 500 and c.finish_reason == "length"
+
+
+@pytest.fixture
+def lively_model(tiny_model):
+    """Large random weights: greedy text that depends on the whole context (a fresh model only
+    repeats its last token, which any window would reproduce)."""
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    return tiny_model
+
+
+def sliding_uncached_greedy(model, prompt, n):
+    """The pinned-prompt sliding window, spelled out without a cache: the whole window each step."""
+    ctx, answer, window = model.config.context_size, [], []
+    for _ in range(n):
+        if len(prompt) + len(window) == ctx + 1:  # full: keep the prompt and the answer's tail
+            window = window[-slide_keep(len(prompt), ctx + 1):]
+        logits, _ = model(torch.tensor([prompt + window]))
+        answer.append(int(logits[0, -1].argmax()))
+        window.append(answer[-1])
+    return answer
+
+
+def test_an_answer_longer_than_the_window_goes_on_with_the_prompt_pinned(lively_model, char_tokenizer):
+    engine = no_stop_engine(lively_model, char_tokenizer)
+    prompt = char_tokenizer.encode("Comando: conte\nResposta:\n")  # 25 of the 64-token window
+    [c] = engine.generate([prompt], SamplingParams(max_new_tokens=150))
+    assert len(c.token_ids) == 150 and c.finish_reason == "length" and c.prompt_truncated == 0
+    assert c.token_ids == sliding_uncached_greedy(lively_model, prompt, 150)
+    assert len(set(c.token_ids[-60:])) > 10  # a lively text, not one repeated token
+
+
+def test_rows_slide_on_their_own_lengths_in_a_batch(lively_model, char_tokenizer):
+    engine = no_stop_engine(lively_model, char_tokenizer)
+    prompts = [char_tokenizer.encode(t) for t in ["a", "modelo de linguagem", "### Comando:\nação?\n"]]
+    params = SamplingParams(max_new_tokens=120)
+    batched = engine.generate(prompts, params)
+    for prompt, got in zip(prompts, batched):
+        assert got.token_ids == engine.generate([prompt], params)[0].token_ids
+        assert got.token_ids == sliding_uncached_greedy(lively_model, prompt, 120)
 
 
 def test_template_prompt_and_generate_helper(tiny_model, char_tokenizer):

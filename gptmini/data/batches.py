@@ -15,23 +15,37 @@ from ..model import IGNORE_INDEX
 
 
 class WindowBatches:
-    """Random windows of `context_size + 1` tokens from a token array (nanoGPT-style)."""
+    """Random windows of `context_size + 1` tokens from a token array (nanoGPT-style).
 
-    def __init__(self, tokens: np.ndarray, context_size: int, batch_size: int, seed: int, name: str = "corpus") -> None:
-        if len(tokens) < context_size + 1:
-            raise GptminiError(f"{name} has {len(tokens)} tokens, fewer than one context window "
-                               f"({context_size + 1}): add text or lower --context-size")
+    mix (midtraining, nanochat's word): a second token array, e.g. formatted instruction records,
+    and the share of a batch's rows drawn from it instead of the corpus.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_size: int, batch_size: int, seed: int, name: str = "corpus",
+                 mix: tuple[np.ndarray, float] | None = None) -> None:
+        sources = [(tokens, name)] + ([(mix[0], "instruction mix")] if mix else [])
+        for source, source_name in sources:
+            if len(source) < context_size + 1:
+                raise GptminiError(f"{source_name} has {len(source)} tokens, fewer than one context window "
+                                   f"({context_size + 1}): add text or lower --context-size")
         self.tokens, self.context_size, self.batch_size = tokens, context_size, batch_size
+        self.mix_tokens, self.mix_ratio = mix if mix else (None, 0.0)
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
-    def _windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([self.tokens[s:s + self.context_size + 1] for s in starts]).astype(np.int64)
+    def _windows(self, starts: np.ndarray, sources: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        sources = sources or [self.tokens] * len(starts)
+        rows = np.stack([src[s:s + self.context_size + 1] for src, s in zip(sources, starts)]).astype(np.int64)
         rows = torch.from_numpy(rows)
         return rows[:, :-1], rows[:, 1:]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.context_size, size=self.batch_size)
-        return self._windows(starts)
+        if self.mix_tokens is None:  # the same draws as before mixing existed: old runs resume alike
+            starts = self.rng.integers(0, len(self.tokens) - self.context_size, size=self.batch_size)
+            return self._windows(starts)
+        mixed = self.rng.random(self.batch_size) < self.mix_ratio
+        sources = [self.mix_tokens if m else self.tokens for m in mixed]
+        starts = self.rng.integers(0, [len(src) - self.context_size for src in sources])
+        return self._windows(starts, sources)
 
     def eval_batches(self, max_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Evenly spaced windows, the same every time, so validation losses are comparable."""
@@ -48,26 +62,72 @@ class WindowBatches:
         self.rng.bit_generator.state = state["rng"]
 
 
-def fit_to_context(ids: list[int], labels: list[int], length: int,
-                   policy: str = "truncate") -> tuple[list[tuple[list[int], list[int]]], str]:
-    """Sequences of at most `length` tokens from one example, and what was done: ok, truncated,
-    windowed or skipped.
+POLICIES = ("pinned", "truncate", "window")
 
-    truncate: drop prompt tokens from the left first (the end of the prompt, which announces the
-    response, stays), then response tokens from the right. window: overlapping windows (stride
-    half a window) whose labels train each response token exactly once.
+
+def fit_to_context(ids: list[int], labels: list[int], length: int,
+                   policy: str = "pinned") -> tuple[list[tuple[list[int], list[int]]], str]:
+    """Sequences of at most `length` tokens from one example, and what was done: ok, windowed,
+    instruction cut, truncated or skipped.
+
+    pinned (default): windows that each start with the whole prompt, then the end of the answer
+    so far, training the next stretch of the answer (see `pinned_windows`): no answer token is
+    ever trained without its question. truncate: drop prompt tokens from the left first (the end
+    of the prompt, which announces the response, stays), then response tokens from the right.
+    window: overlapping windows (stride half a window) whose labels train each response token
+    exactly once.
     """
     if len(ids) <= length:
         return [(ids, labels)], "ok"
+    if policy == "pinned":
+        return pinned_windows(ids, labels, length)
     if policy == "window":
         return _label_windows(ids, labels, length), "windowed"
-    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    first = first_trained(labels)
     overflow = len(ids) - length
     start = overflow if overflow <= first - 1 else max(0, first - length // 4)
     ids, labels = ids[start:start + length], labels[start:start + length]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return [], "skipped"
     return [(ids, labels)], "truncated"
+
+
+def first_trained(labels: list[int]) -> int:
+    """Where the prompt ends: the first trained position (len(labels) when none is)."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def slide_keep(prompt_length: int, length: int) -> int:
+    """Answer tokens that stay behind the prompt when a full window of `length` tokens slides on.
+
+    Training's pinned windows and the engine's generation both use it, so that a long answer is
+    generated in exactly the layout it was trained in: half of the answer room is kept as
+    context, the other half is new.
+    """
+    room = length - prompt_length
+    return room - room // 2
+
+
+def pinned_windows(ids: list[int], labels: list[int], length: int) -> tuple[list[tuple[list[int], list[int]]], str]:
+    """An example longer than `length` as windows of prompt + answer context + new answer tokens.
+
+    The first window is the prompt and the start of the answer; each next one repeats the prompt,
+    then the last `slide_keep` answer tokens already trained (labels ignored), then new ones.
+    Every response label (and the end-of-text) is trained exactly once. Only a prompt longer than
+    half the window is cut, from its start (its end announces the answer).
+    """
+    start = first_trained(labels)
+    cut = max(0, start - length // 2)
+    prompt, answer, answer_labels = ids[cut:start], ids[start:], labels[start:]
+    keep, room = slide_keep(len(prompt), length), length - len(prompt)
+    ignored = [IGNORE_INDEX] * len(prompt)
+    windows = [(prompt + answer[:room], ignored + answer_labels[:room])]
+    for new in range(room, len(answer), room - keep):
+        context = range(new - keep, min(new - keep + room, len(answer)))
+        window_labels = [answer_labels[j] if j >= new else IGNORE_INDEX for j in context]
+        if any(label != IGNORE_INDEX for label in window_labels):
+            windows.append((prompt + [answer[j] for j in context], ignored + window_labels))
+    return windows, "instruction cut" if cut else "windowed"
 
 
 def _label_windows(ids: list[int], labels: list[int], length: int) -> list[tuple[list[int], list[int]]]:
