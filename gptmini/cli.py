@@ -222,7 +222,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import demo
 
-    demo(args.out, args.pretrain_steps, args.sft_epochs, args.seed, show_progress=not args.no_progress)
+    demo(args.out, args.pretrain_steps, args.sft_epochs, args.seed, show_progress=not args.no_progress,
+         mix_ratio=args.mix_ratio)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -347,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("demo", help="the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300)
-    p.add_argument("--sft-epochs", type=POSITIVE, default=25)
+    p.add_argument("--sft-epochs", type=POSITIVE, default=8)
+    p.add_argument("--mix-ratio", type=FRACTION, default=0.3,
+                   help="share of pretraining windows drawn from the instruction set (midtraining); 0 turns it off")
     p.add_argument("--seed", type=NONNEGATIVE_INT, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -1,8 +1,10 @@
 """`gptmini demo`: the whole journey on the embedded defaults, in a few minutes on a laptop CPU.
 
-Builds a BPE tokenizer and pretrains a small base on the embedded Portuguese corpus, instruction-
-tunes it on the embedded instruction set (the seed's 4 examples + the team's), evaluates base and
-assistant side by side on the held-out rewordings (runs/demo/eval/), and prints a few answers.
+Builds a BPE tokenizer and pretrains a small base on the embedded Portuguese corpus (Machado de
+Assis's prose + the team's modern text) with the embedded instruction set mixed into 30% of its
+windows (midtraining), instruction-tunes it on that set (221 answers, each asked 3-4 ways),
+evaluates base and assistant side by side on held-out rewordings that were never trained on
+(runs/demo/eval/), and prints a few answers and a sample of the base's own Portuguese.
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from .engine import Engine, SamplingParams
 from .pretrain import pretrain
 from .sft import sft
 
-DEMO_MODEL = {"context_size": 128, "d_model": 192, "n_heads": 6, "n_layers": 4}
+DEMO_MODEL = {"context_size": 256, "d_model": 192, "n_heads": 6, "n_layers": 4}
+DEMO_INSTRUCTIONS = ASSETS / "instructions.jsonl"
+HELD_OUT = ASSETS / "instructions_eval.jsonl"
+BASE_PROMPT = "Naquele tempo, a cidade"
 SEED_PROMPTS = ["Explique Machine Learning", "O que é um modelo de linguagem?", "Para que serve a atenção?",
                 "Defina inteligência artificial"]
 
@@ -29,18 +34,30 @@ def answer(run: Path, prompts: list[str], max_new_tokens: int = 96) -> list[str]
     return [c.text for c in engine.generate(ids, SamplingParams(max_new_tokens=max_new_tokens))]
 
 
-def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 25, seed: int = 0,
-         show_progress: bool = True) -> dict:
+def base_sample(run: Path, seed: int = 0) -> str:
+    """A continuation of BASE_PROMPT (sampled: greedy text from a small base loops)."""
+    ckpt = checkpoint.load(run)
+    engine = Engine(ckpt.model, ckpt.tokenizer)
+    params = SamplingParams(max_new_tokens=60, temperature=0.8, top_k=40, seed=seed)
+    return engine.generate([engine.encode_prompt(BASE_PROMPT)], params)[0].text
+
+
+def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 8, seed: int = 0,
+         show_progress: bool = True, mix_ratio: float = 0.3) -> dict:
+    """mix_ratio: share of pretraining windows drawn from the instruction set (0: no midtraining)."""
     out = Path(out)
     started = time.time()
     common = {"seed": seed, "show_progress": show_progress, "batch_size": 16}
-    print("== 1/3 pretraining a base model on the embedded Portuguese corpus")
-    base = pretrain(out / "base", tokenizer="bpe", vocab_size=1024, model=DEMO_MODEL, overwrite=True,
-                    train={**common, "max_steps": pretrain_steps, "lr": 2e-3, "eval_every": 50, "save_every": 100})
-    print(f"   base: {base['steps']} steps, best validation loss {base['best_val_loss']:.3f}, "
-          f"{base['tokens_per_s']:.0f} tokens/s")
+    print("== 1/3 pretraining a base model on the embedded Portuguese corpus"
+          + (f", {mix_ratio:.0%} of its windows from the instruction set (midtraining)" if mix_ratio else ""))
+    base = pretrain(out / "base", tokenizer="bpe", vocab_size=2048, model=DEMO_MODEL, overwrite=True,
+                    train={**common, "max_steps": pretrain_steps, "lr": 2e-3, "eval_every": 50, "save_every": 100},
+                    mix_data=DEMO_INSTRUCTIONS if mix_ratio else None, mix_ratio=mix_ratio)
+    print(f"   base: {base['steps']} steps, best validation loss {base['best_val_loss']:.3f} "
+          f"(unigram baseline {base['unigram_val_loss']:.3f}), {base['tokens_per_s']:.0f} tokens/s")
+    print(f"   the base, sampled: {BASE_PROMPT}{base_sample(out / 'base' / 'best')}")
     print("== 2/3 instruction tuning (loss on the answers only)")
-    tuned = sft(out / "sft", base=str(out / "base" / "best"), val_data=ASSETS / "instructions_eval.jsonl",
+    tuned = sft(out / "sft", DEMO_INSTRUCTIONS, base=str(out / "base" / "best"), val_data=HELD_OUT,
                 epochs=sft_epochs, overwrite=True, train={**common, "lr": 1e-3, "eval_every": 50, "save_every": 100})
     print(f"   sft: {tuned['steps']} steps, {tuned['tokens_per_s']:.0f} tokens/s, padding {tuned['padding_waste']:.1%}")
     print("== 3/3 evaluation on held-out rewordings, and the assistant in action (greedy)")
@@ -53,7 +70,7 @@ def evaluate_demo(out: Path) -> dict:
     from .data.records import read_examples
     from .evaluate import metrics_table, run_eval
 
-    held_out = read_examples(ASSETS / "instructions_eval.jsonl").examples
+    held_out = read_examples(HELD_OUT).examples
     reports = run_eval([out / "sft" / "last", out / "base" / "best"], held_out, out / "eval",
                        SamplingParams(max_new_tokens=96))
     print(metrics_table(reports))
@@ -64,6 +81,9 @@ def evaluate_demo(out: Path) -> dict:
     sft_answers = answer(out / "sft" / "last", SEED_PROMPTS) + reports[0].answers[:4]
     for prompt, text in zip(prompts[:2], base_answers):
         print(f"[base] {prompt}\n   -> {text!r}")
-    for i, (prompt, text) in enumerate(zip(prompts, sft_answers)):
-        print(f"[sft{' held-out' if i >= len(SEED_PROMPTS) else ''}] {prompt}\n   -> {text}")
+    for prompt, text in zip(SEED_PROMPTS, sft_answers):
+        print(f"[sft] {prompt}\n   -> {text}")
+    for example, text in zip(held_out[:4], reports[0].answers[:4]):
+        right = "right" if text.strip() == example.messages[-1]["content"].strip() else "wrong"
+        print(f"[sft held-out, {right}] {example.messages[0]['content']}\n   -> {text}")
     return {"answers": dict(zip(prompts, sft_answers)), "eval": {r.name: r.metrics for r in reports}}
