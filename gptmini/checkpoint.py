@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,9 +102,20 @@ def save(path: str | Path, model: GPTMini, tokenizer: Tokenizer, meta: dict | No
     return Path(path)
 
 
+def resolve_run(path: str | Path) -> Path:
+    """A run folder (what --out names) stands for its last/ checkpoint, said in one line on stderr;
+    DIR/best names the best one. Anything else is returned as it is."""
+    path = Path(path)
+    if not (path / CONFIG).is_file() and (path / "last" / CONFIG).is_file():
+        print(f"note: {path} is a run folder; using its last checkpoint, {path / 'last'} ({path / 'best'} for the best)",
+              file=sys.stderr)
+        return path / "last"
+    return path
+
+
 def read_config(path: str | Path) -> dict:
     """config.json of a checkpoint directory, with clear errors for every way it can be wrong."""
-    path = Path(path)
+    path = resolve_run(path)
     recover(path)
     if not path.is_dir():
         raise GptminiError(f"{path}: checkpoint directory not found")
@@ -120,7 +132,8 @@ def read_config(path: str | Path) -> dict:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    path = Path(path)
+    """A checkpoint directory, or a run folder (its last/ checkpoint)."""
+    path = resolve_run(path)
     config = read_config(path)
     try:
         model_config = GPTConfig.from_dict(config["model"])

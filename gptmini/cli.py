@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import GptminiError
 
 
@@ -113,14 +114,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .checkpoint import resolve_run
     from .data.templates import get_template
     from .evaluate import metrics_table, read_eval_data, run_eval
 
     records = read_eval_data(args.data, args.fields, args.encoding)
     print(f"data: {records.report()}")
-    out = Path(args.out or Path(args.model) / "eval")
+    model = resolve_run(args.model)
+    # Beside the checkpoint, not inside it: a resumed run rewrites last/ and would delete the report.
+    out = Path(args.out or model.parent / "eval" / model.name)
     template = get_template(args.template) if args.template else None
-    reports = run_eval([args.model, *args.compare], records.examples, out, sampling_params(args), template,
+    reports = run_eval([model, *args.compare], records.examples, out, sampling_params(args), template,
                        args.batch_size, records.skipped, args.device)
     print(metrics_table(reports))
     charts = [name for name in ("metrics.png", "loss_curves.png") if (out / name).is_file()]
@@ -239,7 +243,11 @@ def cmd_import_hf(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .serve import run_server
+    try:
+        from .serve import run_server
+    except ModuleNotFoundError as exc:
+        raise GptminiError(f"serving needs the 'serve' extra ({exc.name} is not installed): "
+                           "pip install 'gptmini[serve]'") from None
 
     run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
                workers=args.workers, queue_size=args.queue_size, device=args.device)
@@ -247,6 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
+    parser.add_argument("--version", action="version", version=f"gptmini {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("generate", help="answer prompts with a checkpoint (streams the text)")
@@ -270,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
     p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
     p.add_argument("--template", help="template for checkpoints without one (a base model)")
-    p.add_argument("--out", help="report folder (default: MODEL/eval)")
+    p.add_argument("--out", help="report folder (default: beside the checkpoint, RUN/eval/last for RUN/last)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
     p.add_argument("--device", default="cpu")
     add_sampling_args(p)

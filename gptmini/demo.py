@@ -22,7 +22,7 @@ DEMO_MODEL = {"context_size": 256, "d_model": 192, "n_heads": 6, "n_layers": 4}
 DEMO_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 HELD_OUT = ASSETS / "instructions_eval.jsonl"
 BASE_PROMPT = "Naquele tempo, a cidade"
-SEED_PROMPTS = ["Explique Machine Learning", "O que é um modelo de linguagem?", "Para que serve a atenção?",
+TRAINED_PROMPTS = ["Explique Machine Learning", "O que é um modelo de linguagem?", "Para que serve a atenção?",
                 "Defina inteligência artificial"]
 
 
@@ -76,12 +76,12 @@ def evaluate_demo(out: Path) -> dict:
     print(metrics_table(reports))
     print(f"report: {out / 'eval' / 'report.md'}")
     # The held-out answers are the evaluation's own; only the seed's prompts are answered anew.
-    prompts = SEED_PROMPTS + [e.messages[0]["content"] for e in held_out[:4]]
+    prompts = TRAINED_PROMPTS + [e.messages[0]["content"] for e in held_out[:4]]
     base_answers = answer(out / "base" / "best", prompts[:2], max_new_tokens=48)
-    sft_answers = answer(out / "sft" / "last", SEED_PROMPTS) + reports[0].answers[:4]
+    sft_answers = answer(out / "sft" / "last", TRAINED_PROMPTS) + reports[0].answers[:4]
     for prompt, text in zip(prompts[:2], base_answers):
         print(f"[base] {prompt}\n   -> {text!r}")
-    for prompt, text in zip(SEED_PROMPTS, sft_answers):
+    for prompt, text in zip(TRAINED_PROMPTS, sft_answers):
         print(f"[sft] {prompt}\n   -> {text}")
     for example, text in zip(held_out[:4], reports[0].answers[:4]):
         right = "right" if text.strip() == example.messages[-1]["content"].strip() else "wrong"

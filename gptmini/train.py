@@ -118,7 +118,8 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
 
 @contextmanager
 def graceful_interrupt(trainer: "Trainer"):
-    """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
+    """First Ctrl-C (or SIGTERM: timeout, SLURM, docker stop, Kubernetes) asks the loop to stop after
+    the current step and save; a second one interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -128,11 +129,12 @@ def graceful_interrupt(trainer: "Trainer"):
             raise KeyboardInterrupt
         trainer.stop_requested = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
 
 
 class Trainer:

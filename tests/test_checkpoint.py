@@ -75,3 +75,12 @@ def test_loading_never_unpickles(tmp_path, tiny_model, char_tokenizer, monkeypat
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     load(tmp_path / "c")
+
+
+def test_a_run_folder_stands_for_its_last_checkpoint(tmp_path, tiny_model, char_tokenizer, capsys):
+    save(tmp_path / "run" / "last", tiny_model, char_tokenizer)
+    ckpt = load(tmp_path / "run")
+    assert ckpt.model.config == tiny_model.config
+    assert f"{tmp_path / 'run'} is a run folder; using its last checkpoint" in capsys.readouterr().err
+    with pytest.raises(GptminiError, match="config.json: missing"):
+        load(tmp_path)  # a folder that holds neither a checkpoint nor a run: still the plain error

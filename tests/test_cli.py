@@ -88,3 +88,28 @@ def test_fields_reach_val_data_only_where_it_has_no_shape_of_its_own(tmp_path, c
                  "--n-heads", "2", "--n-layers", "1", "--max-steps", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "data: 10 records (shape: --fields q/a)" in out and "validation data: 5 records (shape: alpaca)" in out
+
+
+def test_version():
+    import gptmini
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"gptmini {gptmini.__version__}"
+
+
+def test_serve_without_its_extra_is_one_line_saying_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['fastapi'] = None; from gptmini.cli import main; "
+            f"sys.exit(main(['serve', '--model', {str(tmp_path)!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("gptmini serve: error: serving needs the 'serve' extra (fastapi is not installed): "
+                                  "pip install 'gptmini[serve]'")
+
+
+def test_eval_writes_its_report_beside_the_checkpoint_not_inside(tmp_path, tiny_model, char_tokenizer):
+    save(tmp_path / "run" / "last", tiny_model, char_tokenizer, {"template": get_template().to_dict()})
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Olá", "response": "oi"}\n', encoding="utf-8")
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(data), "--max-new-tokens", "4"]) == 0
+    assert (tmp_path / "run" / "eval" / "last" / "report.md").is_file()
+    assert not (tmp_path / "run" / "last" / "eval").exists()

@@ -30,7 +30,7 @@ def answers(run_dir):
 def test_seed_parity_exact_cli_commands(tmp_path):
     out = cli("sft", *SEED_ARGS, "--seed", "0", "--out", tmp_path / "run", "--no-progress")
     assert out.returncode == 0, out.stderr
-    answer = cli("generate", "--model", tmp_path / "run" / "last", "Explique Machine Learning")
+    answer = cli("generate", "--model", tmp_path / "run", "Explique Machine Learning")  # the run folder: its last/
     assert answer.stdout == SEED[0]["response"] + "\n"
 
 

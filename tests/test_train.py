@@ -135,7 +135,8 @@ def test_output_folder_with_a_run_needs_resume_or_overwrite(tmp_path, corpus):
     assert load(tmp_path / "run" / "last").meta["training"]["step"] == 3
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path, corpus):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, corpus, sig):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gptmini.cli", "pretrain", "--data", str(corpus), "--out", str(out), "--tokenizer",
            "char", "--context-size", "32", "--d-model", "32", "--n-heads", "4", "--n-layers", "2",
@@ -144,7 +145,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, corpus):
     deadline = time.time() + 60
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "interrupted at step" in stderr and "--resume" in stderr
