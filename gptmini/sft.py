@@ -87,12 +87,14 @@ def build_model_and_tokenizer(base: str, examples: list[Example], template: Temp
             print(transfer(load_legacy_state_dict(base_path), model))
         return model, tokenizer, {"base": base}
     ckpt = checkpoint.load(base_path)
-    if model_overrides:
-        print(f"note: model flags {sorted(model_overrides)} ignored: the model keeps the shape of {base_path}")
+    shape_flags = sorted(set(model_overrides) - {"dropout"})  # dropout is a training choice, not a shape
+    if shape_flags:
+        print(f"note: model flags {shape_flags} ignored: the model keeps the shape of {base_path}")
     tokenizer = ckpt.tokenizer
     if tokenizer_spec is not None:
         tokenizer = new_tokenizer(tokenizer_spec, examples, template, vocab_size)
-    model = GPTMini(GPTConfig.from_dict({**ckpt.model.config.to_dict(), "vocab_size": tokenizer.vocab_size}))
+    model = GPTMini(GPTConfig.from_dict({**ckpt.model.config.to_dict(), "vocab_size": tokenizer.vocab_size,
+                                         **{k: v for k, v in model_overrides.items() if k == "dropout"}}))
     print(transfer(checkpoint.weights_state_dict(ckpt.model), model, ckpt.tokenizer, tokenizer))
     return model, tokenizer, {"base": str(base_path)}
 

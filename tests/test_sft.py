@@ -65,6 +65,15 @@ def test_sft_from_a_base_reuses_every_tensor_and_saves_the_template(tmp_path, ca
     assert moved > 0  # trained from the base's weights, with the base's tokenizer
 
 
+def test_fine_tuning_takes_dropout_but_keeps_the_base_shape(tmp_path, capsys):
+    tiny_base(tmp_path, [r["instruction"] + r["response"] for r in SEED] + ["### Comando:\nResposta"])
+    sft(tmp_path / "run", ASSETS / "seed.jsonl", base=str(tmp_path / "base"), model={"dropout": 0.2, "d_model": 64},
+        train={"max_steps": 1, "batch_size": 4, "show_progress": False})
+    config = load(tmp_path / "run" / "last").model.config
+    assert config.dropout == 0.2 and config.d_model == 32
+    assert "model flags ['d_model'] ignored" in capsys.readouterr().out
+
+
 def test_vocabulary_change_remaps_embedding_rows_by_token_string(tmp_path):
     model, tok = tiny_base(tmp_path, ["abc"])
     new_tok = Tokenizer.train_char(["abcz"])
