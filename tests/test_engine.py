@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gptmini import Engine, SamplingParams, generate, get_template
+from gptmini import Engine, GptminiError, SamplingParams, generate, get_template
 from gptmini.data.batches import slide_keep
 from gptmini.engine import sample_next
 
@@ -29,14 +29,6 @@ def test_cached_greedy_equals_uncached_greedy(tiny_model, char_tokenizer):
     assert completion.token_ids == uncached_greedy(tiny_model, prompt, 30)
     assert completion.finish_reason == "length"
 
-
-def test_batched_generation_equals_one_by_one(tiny_model, char_tokenizer):
-    engine = no_stop_engine(tiny_model, char_tokenizer)
-    prompts = [char_tokenizer.encode(t) for t in ["a", "modelo de linguagem", "ação?"]]
-    params = SamplingParams(max_new_tokens=12)
-    batched = engine.generate(prompts, params)
-    for prompt, got in zip(prompts, batched):
-        assert got.token_ids == engine.generate([prompt], params)[0].token_ids
 
 
 def test_stops_at_end_of_text(tiny_model, char_tokenizer):
@@ -130,14 +122,30 @@ def test_an_answer_longer_than_the_window_goes_on_with_the_prompt_pinned(lively_
     assert len(set(c.token_ids[-60:])) > 10  # a lively text, not one repeated token
 
 
-def test_rows_slide_on_their_own_lengths_in_a_batch(lively_model, char_tokenizer):
-    engine = no_stop_engine(lively_model, char_tokenizer)
+@pytest.mark.parametrize("model_name, new_tokens", [("tiny_model", 12), ("lively_model", 120)])
+def test_batched_generation_equals_one_by_one(request, char_tokenizer, model_name, new_tokens):
+    """Within the window (12 tokens) and sliding past it (120): each row on its own length."""
+    model = request.getfixturevalue(model_name)
+    engine = no_stop_engine(model, char_tokenizer)
     prompts = [char_tokenizer.encode(t) for t in ["a", "modelo de linguagem", "### Comando:\nação?\n"]]
-    params = SamplingParams(max_new_tokens=120)
+    params = SamplingParams(max_new_tokens=new_tokens)
     batched = engine.generate(prompts, params)
     for prompt, got in zip(prompts, batched):
         assert got.token_ids == engine.generate([prompt], params)[0].token_ids
-        assert got.token_ids == sliding_uncached_greedy(lively_model, prompt, 120)
+        assert got.token_ids == sliding_uncached_greedy(model, prompt, new_tokens)
+
+
+def test_encode_prompt_applies_the_template_to_a_string_and_raw_only_when_asked(tiny_model, char_tokenizer):
+    engine = Engine(tiny_model, char_tokenizer, get_template())
+    assert engine.encode_prompt("oi") == engine.encode_prompt([{"role": "user", "content": "oi"}])
+    assert char_tokenizer.decode(engine.encode_prompt("oi")) == "### Comando:\noi\n\n### Resposta:\n"
+    assert engine.encode_prompt("oi", raw=True) == char_tokenizer.encode("oi")
+    with pytest.raises(GptminiError, match="raw=True takes a string"):
+        engine.encode_prompt([{"role": "user", "content": "oi"}], raw=True)
+    base = Engine(tiny_model, char_tokenizer)  # no template: an instruction cannot be formatted
+    with pytest.raises(GptminiError, match="no template: pass raw=True .* or give the Engine a template"):
+        base.encode_prompt("oi")
+    assert base.encode_prompt("oi", raw=True) == char_tokenizer.encode("oi")
 
 
 def test_template_prompt_and_generate_helper(tiny_model, char_tokenizer):
