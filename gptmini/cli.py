@@ -40,13 +40,46 @@ POSITIVE, NONNEGATIVE = ranged(float, 0, low_open=True), ranged(float, 0)
 FRACTION = ranged(float, 0, 1, hint=" (a fraction: 0.05 is 5%)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: a value as itself, a flag as "off", an empty list as
+    "none", a required option as "(required)". A None default means "it depends", so such an option's
+    help says its default in words (e.g. "default: the base's") and nothing is added."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:  # positionals, --help, --version
+            return text
+        if action.required and "required" not in text:
+            return f"{text} (required)"
+        if "default" in text:
+            return text
+        if action.nargs == 0:  # a flag (its None default lets a resumed run keep its saved value)
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        shown = "none" if action.default == [] else str(action.default).replace("%", "%%")
+        return f"{text} (default: {shown})"
+
+
+def default_is(value) -> str:
+    """Help text for a flag whose parser default is None (so that only a given flag overrides a resumed run's
+    saved value) but whose value has a default: the one the code uses."""
+    return f" (default: {value})"
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128)
-    p.add_argument("--temperature", type=NONNEGATIVE, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=POSITIVE_INT, default=None)
-    p.add_argument("--top-p", type=ranged(float, 0, 1, low_open=True, high_open=False), default=None)
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128, help="most tokens to generate per answer")
+    p.add_argument("--temperature", type=NONNEGATIVE, default=0.0,
+                   help="sampling temperature; 0 is greedy (always the most likely token)")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=None,
+                   help="sample only among the K most likely tokens (default: all of them)")
+    p.add_argument("--top-p", type=ranged(float, 0, 1, low_open=True, high_open=False), default=None,
+                   help="nucleus sampling: only among the most likely tokens whose probabilities add up to P "
+                        "(default: off)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for sampling, for answers that repeat run after run (default: none, unseeded)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="end the answer where this string appears (not printed); repeatable")
 
 
 def sampling_params(args: argparse.Namespace):
@@ -55,14 +88,19 @@ def sampling_params(args: argparse.Namespace):
     return SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(args.stop))
 
 
+def prompt_lines(text: str) -> list[str]:
+    """A prompt a line (a .txt --file, or stdin); split at line feeds only, like JSONL: U+2028 stays in its prompt."""
+    return [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+
+
 def read_prompts(path: str | Path, encoding: str | None = None) -> list[str | list[dict]]:
     """--file: a .txt with one prompt per line, or records in any shape sft reads (the same reader; an
     answer, if any, is left out). A one-turn record gives its text; a conversation (a system message,
     several turns, an input) its messages, for the template."""
     from .data.records import read_examples, read_text
 
-    if Path(path).suffix.lower() == ".txt":  # split on "\n" only, like JSONL: U+2028 stays in its prompt
-        return [line.removesuffix("\r") for line in read_text(path, encoding).split("\n") if line.strip()]
+    if Path(path).suffix.lower() == ".txt":
+        return prompt_lines(read_text(path, encoding))
     records = read_examples(path, require_answer=False, encoding=encoding)
     if records.skipped or records.as_text:  # never silently: say what was left out or changed
         print(f"note: {path}: {records.report()}", file=sys.stderr)
@@ -86,22 +124,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
     engine = Engine(ckpt.model, ckpt.tokenizer, template)
     params = sampling_params(args)
     prompts = list(args.prompt) + (read_prompts(args.file, args.encoding) if args.file else [])
+    piped = not prompts and not args.file and not sys.stdin.isatty()
+    if piped:  # a prompt a line, answered in batches like a .txt --file
+        prompts = prompt_lines(sys.stdin.read())
     if not prompts:
-        raise GptminiError("give prompts as arguments or with --file prompts.jsonl")
+        raise GptminiError("give prompts as arguments, with --file prompts.jsonl, or on stdin (a prompt a line)")
     raw = template is None or args.raw
     if raw and any(isinstance(p, list) for p in prompts):
         raise GptminiError(f"{args.file}: holds conversations (system message, several turns or an input), which "
                            "need a template; drop --raw, or give --template for a model without one")
 
-    def encode(prompt: str | list[dict]) -> list[int]:
-        if isinstance(prompt, list):  # a conversation read from --file
-            return engine.encode_prompt(prompt)
-        return engine.encode_prompt(prompt if raw else [{"role": "user", "content": prompt}])
-
-    if args.json or args.file:  # batches, one JSON object (or answer) per line
+    if args.json or args.file or piped:  # batches, one JSON object (or answer) per line
         for i in range(0, len(prompts), args.batch_size):
             chunk = prompts[i:i + args.batch_size]
-            for prompt, c in zip(chunk, engine.generate([encode(p) for p in chunk], params)):
+            for prompt, c in zip(chunk, engine.generate([engine.encode_prompt(p, raw=raw) for p in chunk], params)):
                 print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
                                   "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)},
                                  ensure_ascii=False) if args.json else c.text)
@@ -109,7 +145,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for prompt in prompts:
         if raw and template is None:
             print(prompt, end="", flush=True)
-        engine.generate([encode(prompt)], params, on_text=lambda _, delta: print(delta, end="", flush=True))
+        engine.generate([engine.encode_prompt(prompt, raw=raw)], params,
+                        on_text=lambda _, delta: print(delta, end="", flush=True))
         print()
 
 
@@ -125,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out or model.parent / "eval" / model.name)
     template = get_template(args.template) if args.template else None
     reports = run_eval([model, *args.compare], records.examples, out, sampling_params(args), template,
-                       args.batch_size, records.skipped, args.device)
+                       args.batch_size, records.skipped, args.device, show_progress=not args.no_progress)
     print(metrics_table(reports))
     charts = [name for name in ("metrics.png", "loss_curves.png") if (out / name).is_file()]
     print(f"report: {out / 'report.md'} (+ report.json, {', '.join(charts)})")
@@ -146,29 +183,61 @@ def cmd_chat(args: argparse.Namespace) -> None:
     run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template), args.system), sampling_params(args))
 
 
-MODEL_FLAGS = {"context_size": POSITIVE_INT, "d_model": POSITIVE_INT, "n_heads": POSITIVE_INT,
-               "n_layers": POSITIVE_INT, "n_kv_heads": POSITIVE_INT, "mlp_hidden": POSITIVE_INT, "dropout": FRACTION}
-TRAIN_FLAGS = {"max_steps": POSITIVE_INT, "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "lr": POSITIVE,
-               "warmup_steps": NONNEGATIVE_INT, "min_lr_ratio": ranged(float, 0, 1, high_open=False),
-               "weight_decay": NONNEGATIVE, "grad_clip": NONNEGATIVE,  # grad_clip 0: no clipping
-               "eval_every": POSITIVE_INT, "eval_batches": POSITIVE_INT, "save_every": POSITIVE_INT,
-               "log_every": POSITIVE_INT, "max_time": POSITIVE,
-               "seed": NONNEGATIVE_INT,  # numpy's generators (the validation split) take no negative seed
-               "device": str}
+# name: (type, help). Their parser defaults are None, so that only the flags given override a resumed run's
+# saved values; the help shows the value a new run takes (DEFAULT_MODEL, TrainConfig) or says it in words.
+MODEL_FLAGS = {
+    "context_size": (POSITIVE_INT, "tokens the model sees at once (its window)"),
+    "d_model": (POSITIVE_INT, "width: the size of each token's vector"),
+    "n_heads": (POSITIVE_INT, "attention heads per block"),
+    "n_layers": (POSITIVE_INT, "transformer blocks"),
+    "n_kv_heads": (POSITIVE_INT, "key/value heads, for grouped-query attention (default: --n-heads, plain "
+                                 "multi-head attention)"),
+    "mlp_hidden": (POSITIVE_INT, "hidden width of each block's SwiGLU MLP (default: about 8/3 x --d-model, a "
+                                 "multiple of 32)"),
+    "dropout": (FRACTION, "dropout probability while training (default: 0.0; fine-tuning keeps the base's "
+                          "unless given)"),
+}
+TRAIN_FLAGS = {
+    "max_steps": (POSITIVE_INT, "optimiser steps of the run (with --resume: the step to reach)"),
+    "batch_size": (POSITIVE_INT, "sequences per micro-batch"),
+    "grad_accum": (POSITIVE_INT, "micro-batches per optimiser step: a step sees --batch-size x this sequences"),
+    "lr": (POSITIVE, "peak learning rate, reached after the warmup"),
+    "warmup_steps": (NONNEGATIVE_INT, "steps of linear warmup (default: a 20th of the run, at most 100)"),
+    "min_lr_ratio": (ranged(float, 0, 1, high_open=False), "the decay ends at --lr x this"),
+    "weight_decay": (NONNEGATIVE, "AdamW weight decay of the matrices and embeddings (norms: none)"),
+    "grad_clip": (NONNEGATIVE, "clip the gradient norm to this; 0: no clipping"),
+    "eval_every": (POSITIVE_INT, "steps between validations (best/ is saved when the loss improves)"),
+    "eval_batches": (POSITIVE_INT, "batches per validation of a pretraining run (SFT validates every example)"),
+    "save_every": (POSITIVE_INT, "steps between saves of last/"),
+    "log_every": (POSITIVE_INT, "steps between metrics.jsonl lines (printed too with --no-progress)"),
+    "max_time": (POSITIVE, "seconds of training, then save and stop; the learning rate decays over the steps they "
+                           "allow at the measured pace (default: no limit)"),
+    # numpy's generators (the validation split) take no negative seed
+    "seed": (NONNEGATIVE_INT, "seed of the initial weights, the data order and the validation split"),
+    "device": (str, "where to train: cpu, cuda, cuda:N or mps"),
+}
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
+    from .pretrain import DEFAULT_MODEL
+    from .train import TrainConfig
+
     model = p.add_argument_group("model (a new model only; a resumed or fine-tuned one keeps its shape)")
-    model.add_argument("--config", help="JSON file with model config fields")
-    for name, kind in MODEL_FLAGS.items():
-        model.add_argument("--" + name.replace("_", "-"), type=kind)
-    train = p.add_argument_group("training")
-    for name, kind in TRAIN_FLAGS.items():
-        train.add_argument("--" + name.replace("_", "-"), type=kind)
-    train.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    model.add_argument("--config", help="JSON file of model config fields; flags given too win (default: none)")
+    for name, (kind, text) in MODEL_FLAGS.items():
+        shown = default_is(DEFAULT_MODEL[name]) if name in DEFAULT_MODEL else ""
+        model.add_argument("--" + name.replace("_", "-"), type=kind, help=text + shown)
+    defaults = TrainConfig()
+    train = p.add_argument_group("training", "with --resume the run's saved values are the defaults; flags given win")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        shown = default_is(getattr(defaults, name)) if getattr(defaults, name) is not None else ""
+        train.add_argument("--" + name.replace("_", "-"), type=kind, help=text + shown)
+    train.add_argument("--schedule", choices=["cosine", "linear", "constant"],
+                       help="how the learning rate decays after the warmup" + default_is(defaults.schedule))
     train.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CUDA)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None)
+    train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None,
+                       help="no progress bars: a plain line every --log-every steps instead (for log files)")
     train.add_argument("--devices", type=POSITIVE_INT, default=1,
                        help="processes to train with (DDP via torchrun: gloo on CPU, NCCL with --device cuda)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -258,110 +327,129 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gptmini {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = verbs.add_parser("generate", help="answer prompts with a checkpoint (streams the text)")
-    p.add_argument("prompt", nargs="*", help="prompts (instructions, formatted with the checkpoint's template)")
-    p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--template", help="override the checkpoint's template (name or file)")
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    model_help = "checkpoint directory, or a run folder (its last/ checkpoint)"
+    p = verb("generate", "answer prompts with a checkpoint (streams the text)")
+    p.add_argument("prompt", nargs="*", help="prompts (instructions, formatted with the checkpoint's template); "
+                                             "without any and without --file, a prompt a line from stdin")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--template", help="override the checkpoint's template, a name or a file (default: the "
+                                      "checkpoint's)")
     p.add_argument("--raw", action="store_true", help="no template: continue the text as given")
     p.add_argument("--file", help="prompts, answered in batches: a .txt with one per line, or records in any "
-                                  "format sft reads ({\"prompt\": ...}, {\"instruction\": ...}, messages, ...)")
+                                  "format sft reads ({\"prompt\": ...}, {\"instruction\": ...}, messages, ...) "
+                                  "(default: none)")
     p.add_argument("--encoding", help="text encoding of --file (default UTF-8)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (--file, stdin)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = verbs.add_parser("eval", help="score answers against references; compare checkpoints side by side")
-    p.add_argument("--model", required=True)
+    p = verb("eval", "score answers against references; compare checkpoints side by side")
+    p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--data", required=True, help="records in any format sft accepts (the last answer is the reference)")
     p.add_argument("--compare", nargs="*", default=[], help="more checkpoints to put beside --model")
-    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta")
+    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (default: "
+                                    "recognised from the file)")
     p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
-    p.add_argument("--template", help="template for checkpoints without one (a base model)")
+    p.add_argument("--template", help="template for checkpoints without one, a base model (default: the first "
+                                      "template among the models)")
     p.add_argument("--out", help="report folder (default: beside the checkpoint, RUN/eval/last for RUN/last)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
     add_sampling_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = verbs.add_parser("chat", help="talk to a checkpoint at the terminal (streams; /reset, /temp X, /quit)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--template", help="override the checkpoint's template")
-    p.add_argument("--system", help="system message")
-    p.add_argument("--device", default="cpu")
+    p = verb("chat", "talk to a checkpoint at the terminal (streams; /reset, /temp X, /quit)")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--template", help="override the checkpoint's template (default: the checkpoint's; comando for "
+                                      "a model without one)")
+    p.add_argument("--system", help="system message, said before the conversation (default: none)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
-    p = verbs.add_parser("pretrain", help="train a base model on a text corpus")
+    out_help = "run folder (checkpoints last/ and best/, metrics, loss.png)"
+    p = verb("pretrain", "train a base model on a text corpus")
     p.add_argument("--data", nargs="+", help="text files (.txt, .txt.gz, .txt.xz) or folders; default: the embedded corpus")
-    p.add_argument("--out", required=True, help="run folder (checkpoints last/ and best/, metrics, loss.png)")
-    p.add_argument("--tokenizer", default="bpe", help="char, bpe, or a tokenizer.json / checkpoint to reuse")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--tokenizer", default="bpe", help="char, bpe (trained on the corpus), or a tokenizer.json / "
+                                                      "checkpoint to reuse")
     p.add_argument("--vocab-size", type=POSITIVE_INT, help="BPE vocabulary size (default 8192)")
-    p.add_argument("--val-fraction", type=FRACTION, default=0.05)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.05,
+                   help="share of the corpus's text blocks held out for validation")
     p.add_argument("--mix-data", help="midtraining: instruction records (any format sft reads) mixed into the "
-                                      "pretraining windows, formatted by --template")
+                                      "pretraining windows, formatted by --template (default: none)")
     p.add_argument("--mix-ratio", type=FRACTION, default=0.1, help="share of training windows drawn from --mix-data")
     p.add_argument("--template", help="template that formats --mix-data (default: comando)")
-    p.add_argument("--fields", help="column names of --mix-data, e.g. instruction=pergunta,response=resposta")
+    p.add_argument("--fields", help="column names of --mix-data, e.g. instruction=pergunta,response=resposta "
+                                    "(default: recognised from the file)")
     add_training_args(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = verbs.add_parser("sft", help="instruction-tune a base model (loss on the responses only)")
-    p.add_argument("--base", default="none", help="base checkpoint dir, a legacy state-dict .pt, or none (from scratch)")
+    p = verb("sft", "instruction-tune a base model (loss on the responses only)")
+    p.add_argument("--base", default="none", help="base checkpoint dir (or run folder), a legacy state-dict .pt, "
+                                                  "or none: a new model trained from scratch")
     p.add_argument("--data", help="JSON/JSONL/CSV/TSV records; default: the embedded instruction set")
-    p.add_argument("--out", help="run folder (checkpoints last/ and best/, metrics, loss.png)")
+    p.add_argument("--out", help=out_help + " (required, except with --show-masks)")
     p.add_argument("--template", help="comando (default), alpaca, chat, or a template file")
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (for --val-data: "
-                                    "only if its own shape is not recognised)")
+                                    "only if its own shape is not recognised; default: recognised from the file)")
     p.add_argument("--encoding", help="text encoding of --data and --val-data (default UTF-8; e.g. latin-1)")
-    p.add_argument("--val-data", help="separate validation file (instead of --val-fraction)")
-    p.add_argument("--val-fraction", type=FRACTION, default=0.05)
-    p.add_argument("--tokenizer", help="char or bpe (trained on the data), or a tokenizer.json; default: the base's")
-    p.add_argument("--vocab-size", type=POSITIVE_INT)
+    p.add_argument("--val-data", help="separate validation file (default: none, --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.05,
+                   help="share of --data held out for validation (without --val-data)")
+    p.add_argument("--tokenizer", help="char or bpe (trained on the data), or a tokenizer.json (default: the "
+                                       "base's; char for a new model)")
+    p.add_argument("--vocab-size", type=POSITIVE_INT, help="BPE vocabulary size (default 8192)")
     p.add_argument("--long-examples", choices=["pinned", "truncate", "window"], default="pinned",
-                   help="examples longer than the context: pinned (default) trains the answer in windows that "
+                   help="examples longer than the context: pinned trains the answer in windows that "
                         "each start with the whole instruction; truncate cuts the prompt first; window splits "
                         "into overlapping windows")
-    p.add_argument("--epochs", type=POSITIVE,
-                   help="train for this many passes over the data (instead of --max-steps: giving both is an error)")
+    p.add_argument("--epochs", type=POSITIVE, help="train for this many passes over the data, instead of "
+                                                   "--max-steps: giving both is an error (default: by --max-steps)")
     p.add_argument("--show-masks", type=POSITIVE_INT, metavar="N",
-                   help="print N formatted examples with trained tokens marked, then exit")
-    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight")
+                   help="print N formatted examples with trained tokens marked, then exit (default: off, train)")
+    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight "
+                                                          "(default: off, every weight trained)")
     p.add_argument("--lora-alpha", type=POSITIVE, help="LoRA scaling numerator (default 2 x rank)")
     p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
 
-    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP API and a web chat page")
-    p.add_argument("--model", required=True)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=ranged(int, 0, 65535, high_open=False), default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1")
+    p = verb("serve", "OpenAI-compatible HTTP API and a web chat page")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 is this machine only")
+    p.add_argument("--port", type=ranged(int, 0, 65535, high_open=False), default=8000, help="port to listen on")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: none, open)")
     p.add_argument("--max-tokens", type=POSITIVE_INT, default=256, help="cap on max_tokens per request")
     p.add_argument("--workers", type=POSITIVE_INT, default=1, help="generation threads")
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_serve)
 
-    p = verbs.add_parser("export", help="write a checkpoint as a Hugging Face transformers (Llama) model")
-    p.add_argument("--model", required=True, help="gptmini checkpoint directory")
+    p = verb("export", "write a checkpoint as a Hugging Face transformers (Llama) model")
+    p.add_argument("--model", required=True, help="gptmini checkpoint directory (or run folder)")
     p.add_argument("--out", required=True, help="directory for the transformers model")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("import-hf", help="convert a local Hugging Face Llama-family model to a gptmini checkpoint")
+    p = verb("import-hf", "convert a local Hugging Face Llama-family model to a gptmini checkpoint")
     p.add_argument("hf_dir", help="directory with config.json, model*.safetensors, tokenizer.json")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="directory for the gptmini checkpoint")
     p.set_defaults(func=cmd_import_hf)
 
-    p = verbs.add_parser("demo", help="the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300)
-    p.add_argument("--sft-epochs", type=POSITIVE, default=8)
+    p = verb("demo", "the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
+    p.add_argument("--out", default="runs/demo", help="folder for both runs and the evaluation (replaced)")
+    p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300, help="steps of pretraining the base")
+    p.add_argument("--sft-epochs", type=POSITIVE, default=8, help="passes over the instruction set in SFT")
     p.add_argument("--mix-ratio", type=FRACTION, default=0.3,
                    help="share of pretraining windows drawn from the instruction set (midtraining); 0 turns it off")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of both runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: plain log lines instead")
     p.set_defaults(func=cmd_demo)
     return parser
 

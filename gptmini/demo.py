@@ -39,7 +39,7 @@ def base_sample(run: Path, seed: int = 0) -> str:
     ckpt = checkpoint.load(run)
     engine = Engine(ckpt.model, ckpt.tokenizer)
     params = SamplingParams(max_new_tokens=60, temperature=0.8, top_k=40, seed=seed)
-    return engine.generate([engine.encode_prompt(BASE_PROMPT)], params)[0].text
+    return engine.generate([engine.encode_prompt(BASE_PROMPT, raw=True)], params)[0].text
 
 
 def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 8, seed: int = 0,

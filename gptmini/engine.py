@@ -17,6 +17,7 @@ import torch
 
 from .data.batches import slide_keep
 from .data.templates import Template
+from .errors import GptminiError
 from .model import GPTMini, KVCache
 from .tokenizer import Tokenizer
 
@@ -97,13 +98,21 @@ class Engine:
         if model.embed.weight.device.type == "cpu":
             model.use_decode_layout()
 
-    def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
-        """A raw string is used as is (no template); a message list goes through the template."""
-        if isinstance(prompt, str):
+    def encode_prompt(self, prompt: str | list[dict], raw: bool = False) -> list[int]:
+        """The ids the model answers, formatted by the template as in training (and as the CLI does): a
+        string is one user message, a list the conversation's {"role", "content"} messages.
+
+        raw=True: a string's own tokens, no template: a text to continue (a base model, /v1/completions).
+        """
+        if raw:
+            if not isinstance(prompt, str):
+                raise GptminiError("raw=True takes a string to continue; a list of messages needs the template")
             return self.tokenizer.encode(prompt)
         if self.template is None:
-            raise ValueError("this model has no template: pass a raw prompt string or give a template")
-        return self.template.encode(self.tokenizer, prompt)[0]
+            raise GptminiError("this model has no template: pass raw=True to continue the text as given, or give "
+                               "the Engine a template, e.g. Engine(model, tokenizer, get_template('comando'))")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return self.template.encode(self.tokenizer, messages)[0]
 
     def prompt_budget(self, max_new_tokens: int) -> int:
         ctx = self.model.config.context_size
@@ -222,6 +231,7 @@ class _Window:
 
 
 def generate(model: GPTMini, tokenizer: Tokenizer, prompt: str, **params) -> str:
-    """One raw prompt in, the generated text out (greedy unless `temperature` is given)."""
+    """The continuation of a raw text, no template (greedy unless `temperature` is given); for an answer to
+    an instruction use Engine(model, tokenizer, template).encode_prompt(instruction)."""
     engine = Engine(model, tokenizer)
-    return engine.generate([engine.encode_prompt(prompt)], SamplingParams(**params))[0].text
+    return engine.generate([engine.encode_prompt(prompt, raw=True)], SamplingParams(**params))[0].text

@@ -137,14 +137,14 @@ def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: i
 
 
 def evaluate_model(ckpt, template: Template, examples: list[Example], params: SamplingParams,
-                   batch_size: int = 32, name: str | None = None) -> ModelReport:
+                   batch_size: int = 32, name: str | None = None, show_progress: bool = True) -> ModelReport:
     """Answers every example's prompt (all messages but the final answer) and scores the answers."""
     engine = Engine(ckpt.model, ckpt.tokenizer, template)
     prompts = [engine.encode_prompt(e.messages[:-1]) for e in examples]
     completions = []
     name = name or str(ckpt.path)
     for i in tqdm(range(0, len(prompts), batch_size), desc=f"answering ({Path(name).name})", unit="batch",
-                  leave=False):
+                  leave=False, disable=not show_progress):
         completions += engine.generate(prompts[i:i + batch_size], params)
     references = [e.messages[-1]["content"] for e in examples]
     answers = [c.text for c in completions]
@@ -181,7 +181,7 @@ def unique_names(models: list[str | Path]) -> list[str]:
 
 def run_eval(models: list[str | Path], examples: list[Example], out: Path, params: SamplingParams,
              template: Template | None = None, batch_size: int = 32, skipped: list[str] = (),
-             device: str = "cpu") -> list[ModelReport]:
+             device: str = "cpu", show_progress: bool = True) -> list[ModelReport]:
     """Evaluates every checkpoint on the examples and writes the report into `out`.
 
     `template` is for checkpoints without one (base models); by default they borrow the first
@@ -197,7 +197,7 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
     template = template or next((c.template for c in ckpts if c.template), None)
     if template is None:
         raise GptminiError("none of the models has a template: pass --template (e.g. comando)")
-    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name)
+    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name, show_progress)
                for c, name in zip(ckpts, unique_names(models))]
     data = {"scored": len(examples), "skipped": list(skipped), "no_reference": unscored}
     write_report(out, reports, examples, [Path(m) for m in models], data)

@@ -296,6 +296,7 @@ class GPTMini(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
+        labels: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
@@ -305,6 +306,11 @@ class GPTMini(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) and the loss over targets != -100 (None without targets).
 
+        targets: (B, T), ALREADY SHIFTED: targets[:, t] is the token that should follow idx[:, t], i.e.
+        `model(tokens[:, :-1], tokens[:, 1:])` (what the training batches hold). Passing the inputs
+        themselves, `model(idx, idx)`, would train the model to copy its input.
+        labels: (B, T), the inputs' own ids as in transformers: shifted here (position t learns labels[:, t + 1],
+        the last position none), so `model(idx, labels=idx)` is the next-token loss. Give targets or labels.
         positions: (B, T) rotary positions when rows are left-padded (default: consecutive).
         key_mask: (B, S) True for real tokens, for left-padded batches (S = cache length + T).
         loss_reduction: "mean" over counted targets, or "sum" so that a caller can divide by the
@@ -312,6 +318,10 @@ class GPTMini(nn.Module):
         return_logits=False (training): logits come back None and the loss takes the fused
         chunked head (LinearCrossEntropy), which is faster and lighter.
         """
+        if labels is not None:
+            if targets is not None:
+                raise GptminiError("give targets (already shifted) or labels (shifted here), not both")
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_size:

@@ -278,7 +278,7 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
 
     @app.post("/v1/completions")
     async def complete(body: CompletionRequest, request: Request):
-        return await respond(body, server.engine.encode_prompt(body.prompt), request, chat=False)
+        return await respond(body, server.engine.encode_prompt(body.prompt, raw=True), request, chat=False)
 
     async def respond(body: Sampling, ids: list[int], request: Request, chat: bool):
         params = server.params(body, len(ids), "messages" if chat else "prompt")

@@ -24,7 +24,7 @@ from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTConfig, GPTMini
 from .pretrain import DEFAULT_MODEL, resolve_train_config
 from .tokenizer import Tokenizer
-from .train import Trainer, no_validation_note, prepare_output
+from .train import Trainer, amount, no_validation_note, prepare_output
 from .transfer import load_legacy_state_dict, transfer
 
 DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
@@ -85,6 +85,11 @@ def build_model_and_tokenizer(base: str, examples: list[Example], template: Temp
         model = GPTMini(GPTConfig(vocab_size=tokenizer.vocab_size, **{**DEFAULT_MODEL, **model_overrides}))
         if base != "none":
             print(transfer(load_legacy_state_dict(base_path), model))
+        else:  # said out loud: without --base nothing pretrained is used, and a default-size run takes a while
+            c = model.config
+            print(f"note: no --base: training a new {amount(model.num_parameters())}-parameter model from scratch "
+                  f"(--d-model {c.d_model}, --n-layers {c.n_layers}, --n-heads {c.n_heads}, --context-size "
+                  f"{c.context_size}, {tokenizer.vocab_size} tokens); --base DIR fine-tunes a pretrained one")
         return model, tokenizer, {"base": base}
     ckpt = checkpoint.load(base_path)
     shape_flags = sorted(set(model_overrides) - {"dropout"})  # dropout is a training choice, not a shape

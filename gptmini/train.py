@@ -4,6 +4,11 @@ AdamW (fused where available), linear warmup then cosine/linear decay, gradient 
 accumulation with the loss averaged over every counted token of the whole accumulated batch,
 periodic validation, `last`/`best` checkpoints with a full training state for exact resume,
 metrics.jsonl and a loss-curve PNG. Ctrl-C finishes the current step, saves, and exits cleanly.
+
+Before the first step the run says its plan (parameters, tokens, steps, epochs), then the time it
+will take once the first steps are measured. With a time budget (max_time) the decay is fitted to
+the steps that budget allows at the measured pace, re-estimated every step, so a time-boxed run
+ends annealed instead of stopping at its peak learning rate.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from .model import IGNORE_INDEX, GPTMini
 from .tokenizer import Tokenizer
 
 STATE_DIR = "train_state"
+ESTIMATE_AFTER = 5  # steps timed (after the first) before the plan states the time the run will take
+MANY_EPOCHS = 20  # beyond this many passes over its data a model mostly memorises it
 
 
 @dataclass
@@ -56,21 +63,68 @@ class TrainConfig:
 
 
 class Batches(Protocol):
+    tokens_per_epoch: int  # input tokens in one pass over the training data (for the plan)
+    batches_per_epoch: float  # micro-batches in that pass
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def eval_batches(self, max_batches: int): ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, cfg.max_steps // 20)
+def lr_at(step: int, cfg: TrainConfig, total: float | None = None) -> float:
+    """The learning rate of step `step` (from 0) in a run of `total` steps (default max_steps; a time-boxed
+    run passes the steps its budget allows, so that the decay ends when the time does)."""
+    total = cfg.max_steps if total is None else total
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, int(total) // 20)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - warmup) / max(1, cfg.max_steps - warmup))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+
+class Pace:
+    """Seconds per training step, measured in this process: the first step (allocation, compilation) only
+    until a second one is measured; a resumed run starts from the pace it saved."""
+
+    def __init__(self, seconds_per_step: float | None = None) -> None:
+        self.seconds_per_step = seconds_per_step
+        self.measured = 0  # steps timed after this process's first
+        self._since: tuple[int, float] | None = None  # (step, elapsed) after that first step
+
+    def update(self, step: int, elapsed: float, spent: float) -> None:
+        if self._since is None:
+            self._since = (step, elapsed)
+            self.seconds_per_step = self.seconds_per_step or spent
+            return
+        self.measured = step - self._since[0]
+        self.seconds_per_step = (elapsed - self._since[1]) / self.measured
+
+
+def amount(n: float) -> str:
+    return f"{n / 1e6:,.2f} M" if n >= 1e6 else f"{n:,.0f}"
+
+
+def epochs_text(epochs: float) -> str:
+    return f"{epochs:,.1f}" if epochs >= 1 else f"{epochs:.2g}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def say(text: str) -> None:
+    """A progress line: on stderr with the bars it stands beside or replaces (stdout keeps the results, e.g.
+    the CLI's JSON summary), without breaking a bar, flushed at once (log files, SLURM)."""
+    tqdm.write(text, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def make_optimizer(model: GPTMini, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -158,6 +212,7 @@ class Trainer:
             self.train_forward = DistributedDataParallel(self.forward, broadcast_buffers=False)
         self.step, self.tokens, self.trained_tokens, self.best_val, self.elapsed = 0, 0, 0, math.inf, 0.0
         self.stop_requested = False
+        self.pace = Pace()
         self.metrics_file = self.out / "metrics.jsonl"
 
     # -- one optimisation step ------------------------------------------------------------
@@ -204,9 +259,69 @@ class Trainer:
             count += int((targets != IGNORE_INDEX).sum())
         return total / max(count, 1)
 
+    # -- the plan -------------------------------------------------------------------------
+    def planned_steps(self) -> float:
+        """max_steps; with a time budget, the steps that fit in the time left at the measured pace (at most
+        max_steps), re-estimated every step: the schedule decays over them."""
+        if not self.cfg.max_time or self.pace.seconds_per_step is None:
+            return self.cfg.max_steps
+        left = max(0.0, self.cfg.max_time - self.elapsed) / self.pace.seconds_per_step
+        return min(self.cfg.max_steps, self.step + left)
+
+    def steps_per_epoch(self) -> float:
+        return self.train_batches.batches_per_epoch / self.cfg.grad_accum
+
+    def epochs(self, steps: float) -> float:
+        return steps / self.steps_per_epoch()
+
+    def plan(self) -> str:
+        """The paragraph said before the first step: the run in numbers, from what the batches know."""
+        cfg, data = self.cfg, self.train_batches
+        params = self.model.num_parameters()
+        trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        steps, per_epoch = cfg.max_steps - self.step, self.steps_per_epoch()
+        step_tokens = data.tokens_per_epoch / per_epoch
+        parts = [f"plan: {amount(params)} parameters" + (f" ({amount(trained)} trained)" if trained != params else ""),
+                 f"{'up to ' if cfg.max_time else ''}{steps:,} steps"
+                 + (f" (from step {self.step})" if self.step else "") + f" of about {step_tokens:,.0f} tokens ({amount(steps * step_tokens)} tokens)",
+                 f"one epoch, a pass over the {data.tokens_per_epoch:,} training tokens, is {per_epoch:,.1f} steps"]
+        if cfg.max_time:
+            parts.append(f"the time budget, {duration(cfg.max_time)} (--max-time), sets the length: the learning rate "
+                         "decays over the steps it allows at the measured pace, re-estimated as the run goes")
+        else:
+            parts[-1] += f", so the run is {epochs_text(self.epochs(steps))} epochs"
+            parts.append("its duration is measured over the first steps")
+        return "; ".join(parts)
+
+    def pace_report(self) -> str:
+        """Said once the first steps are timed: how long the run will take (or how far its budget reaches)."""
+        per_step = self.pace.seconds_per_step
+        if self.cfg.max_time:
+            planned = self.planned_steps()
+            return (f"plan: {duration(per_step)} a step: the {duration(self.cfg.max_time)} budget allows about "
+                    f"{planned:,.0f} steps ({epochs_text(self.epochs(planned))} epochs); the learning rate decays "
+                    "over them")
+        left = self.cfg.max_steps - self.step
+        return f"plan: {duration(per_step)} a step: the {left:,} steps left take about {duration(left * per_step)}"
+
+    def epochs_warning(self, steps: float) -> str | None:
+        epochs = self.epochs(steps)
+        if epochs <= MANY_EPOCHS:
+            return None
+        return (f"warning: {steps:,.0f} steps are {epochs:,.0f} epochs of {self.train_batches.tokens_per_epoch:,} "
+                "training tokens: the model will mostly memorise them (watch the validation loss); give more data or "
+                "fewer steps (--max-steps, --epochs, --max-time)")
+
+    def announce(self, text: str | None) -> None:
+        if text and self.world.main:
+            say(text)
+
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
+        self.announce(self.plan())
+        if not cfg.max_time:  # a time-boxed run's length is known once its pace is
+            self.announce(self.epochs_warning(cfg.max_steps))
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
                    disable=not (cfg.show_progress and self.world.main),
                    dynamic_ncols=True)
@@ -215,25 +330,27 @@ class Trainer:
         with graceful_interrupt(self), bar:
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
-                lr = lr_at(self.step, cfg)
+                lr = lr_at(self.step, cfg, self.planned_steps())
                 loss, tokens, trained = self.train_step(lr)
                 if not math.isfinite(loss):
                     raise GptminiError(f"loss became {loss} at step {self.step + 1}; the last good checkpoint is kept in "
                                        f"{self.out / 'last'}; lower --lr or check the data")
                 self.step += 1
-                spent = time.perf_counter() - started
+                spent = self.step_time(started)
                 self.elapsed += spent
                 self.tokens += tokens
                 self.trained_tokens += trained
                 for key, value in (("loss", loss * trained), ("trained", trained), ("tokens", tokens), ("time", spent)):
                     window[key] += value
+                self.track_pace(spent, bar)
                 bar.update(1)
                 if self.world.any(self.stop_requested):
                     stopped = "interrupted"
                 elif self.world.any(bool(cfg.max_time) and self.elapsed >= cfg.max_time):
                     stopped = "time limit"
                 val = None
-                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                # A time-boxed run ends annealed: its last model is validated (and may be the best).
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or stopped == "time limit":
                     val = self.evaluate()
                 if self.step % cfg.log_every == 0 or val is not None or self.step == cfg.max_steps or stopped:
                     self.log(window, lr, val, bar)
@@ -254,6 +371,24 @@ class Trainer:
             tqdm.write(f"interrupted at step {self.step}: saved {self.out / 'last'}; continue with --resume", file=sys.stderr)
         return summary
 
+    def step_time(self, started: float) -> float:
+        """The step's seconds. Under a time budget with several processes, their mean: every process then
+        plans the same schedule, and a learning rate that differed between them would split the weights."""
+        spent = time.perf_counter() - started
+        if self.cfg.max_time and self.world.size > 1:
+            spent = self.world.sum(spent) / self.world.size
+        return spent
+
+    def track_pace(self, spent: float, bar: tqdm) -> None:
+        """Times the step; says the run's duration once measured; a time-boxed bar counts the planned steps."""
+        self.pace.update(self.step, self.elapsed, spent)
+        if self.pace.measured == ESTIMATE_AFTER:
+            self.announce(self.pace_report())
+            if self.cfg.max_time:
+                self.announce(self.epochs_warning(self.planned_steps()))
+        if self.cfg.max_time:
+            bar.total = max(self.step + 1, math.ceil(self.planned_steps()))
+
     def log(self, window: dict, lr: float, val: float | None, bar: tqdm) -> None:
         if not self.world.main:
             return
@@ -266,6 +401,10 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
                         **({"val": f"{val:.3f}"} if val is not None else {}))
+        if not self.cfg.show_progress:  # no bar to show the numbers: a plain line, as a log file wants
+            say(f"step {self.step:,}/{math.ceil(self.planned_steps()):,} | loss {record['train_loss']:.4f}"
+                + (f" | val {val:.4f}" if val is not None else "")
+                + f" | lr {lr:.2e} | {record['tokens_per_s']:,.0f} tokens/s")
 
     def plot(self) -> None:
         if not self.world.main:
@@ -296,6 +435,7 @@ class Trainer:
         save_file(tensors, str(state_dir / "state.safetensors"))
         state = {"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
                  "best_val": self.best_val if self.best_val < math.inf else None, "elapsed": self.elapsed,
+                 "seconds_per_step": self.pace.seconds_per_step,  # a time budget's schedule goes on from it
                  "param_groups": opt["param_groups"], "batches": self.train_batches.state_dict()}
         (state_dir / "state.json").write_text(json.dumps(state))
 
@@ -326,6 +466,7 @@ class Trainer:
         self.step, self.tokens, self.trained_tokens = state["step"], state["tokens"], state["trained_tokens"]
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
         self.elapsed = state["elapsed"]
+        self.pace = Pace(state.get("seconds_per_step"))
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:

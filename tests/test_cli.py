@@ -1,4 +1,7 @@
+import argparse
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptmini import Engine, SamplingParams, get_template, save
-from gptmini.cli import main
+from gptmini.cli import build_parser, main
 
 
 def run_cli(*args):
@@ -113,3 +116,62 @@ def test_eval_writes_its_report_beside_the_checkpoint_not_inside(tmp_path, tiny_
     assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(data), "--max-new-tokens", "4"]) == 0
     assert (tmp_path / "run" / "eval" / "last" / "report.md").is_file()
     assert not (tmp_path / "run" / "last" / "eval").exists()
+
+
+def option_entries(help_text: str) -> dict[str, str]:
+    """Each option's entry in a --help ("--opt METAVAR  its help, wrapped"), whitespace collapsed."""
+    entries, current = {}, None
+    for line in help_text.splitlines():
+        start = re.match(r"  (-[\w-]+)", line)
+        if start:
+            current = start.group(1)
+            entries[current] = line
+        elif current and line.startswith("   "):
+            entries[current] += " " + line
+        else:
+            current = None
+    return {name: " ".join(entry.split()) for name, entry in entries.items()}
+
+
+def test_every_option_of_every_verb_has_help_and_shows_its_default(capsys):
+    [verbs] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    shown = {}
+    for verb, parser in verbs.choices.items():
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        shown[verb] = option_entries(capsys.readouterr().out)
+        for action in parser._actions:
+            assert action.help, f"{verb} {action.option_strings or action.dest}: no help text"
+            if action.option_strings and action.option_strings[0] != "-h":
+                entry = shown[verb][action.option_strings[0]]
+                assert "default" in entry or "(required" in entry, f"{verb}: {entry}"
+    assert len(shown) == 9 and all("--no-progress" in shown[v] for v in ("pretrain", "sft", "eval", "demo"))
+    assert shown["sft"]["--base"].endswith("(default: none)") and "(default: 1000)" in shown["sft"]["--max-steps"]
+
+
+def test_generate_reads_prompts_from_stdin_a_prompt_a_line(tmp_path, tiny_model, char_tokenizer, capsys, monkeypatch):
+    save(tmp_path / "c", tiny_model, char_tokenizer, {"template": get_template().to_dict()})
+    engine = Engine(tiny_model, char_tokenizer, get_template())
+    params = SamplingParams(max_new_tokens=5)
+    expected = [engine.generate([engine.encode_prompt(p)], params)[0].text for p in ("Olá", "Oi")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Olá\r\n\nOi\n"))  # piped: not a terminal
+    assert main(["generate", "--model", str(tmp_path / "c"), "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == "".join(text + "\n" for text in expected)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["generate", "--model", str(tmp_path / "c")]) == 2
+    assert "give prompts as arguments, with --file prompts.jsonl, or on stdin" in capsys.readouterr().err
+
+
+def test_sft_from_scratch_says_so_and_no_progress_logs_a_line_every_log_every_steps(tmp_path, capsys):
+    data = tmp_path / "ten.csv"
+    data.write_text("pergunta;resposta\n" + "".join(f"Quanto é {i}+1?;{i + 1}\n" for i in range(10)), encoding="utf-8")
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), "--tokenizer", "char", "--context-size", "32",
+                 "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--max-steps", "4", "--log-every", "2",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"note: no --base: training a new [\d,]+-parameter model from scratch \(--d-model 16, --n-layers 1, "
+                     r"--n-heads 2, --context-size 32, \d+ tokens\); --base DIR fine-tunes a pretrained one", captured.out)
+    assert "plan: " in captured.err and "steps, so the run is 4.0 epochs" in captured.err
+    lines = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    assert all(re.fullmatch(r"step \d/4 \| loss \d+\.\d{4} \| lr \S+ \| [\d,]+ tokens/s", line) for line in lines)

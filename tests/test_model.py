@@ -32,6 +32,19 @@ def test_loss_ignores_minus_100_and_averages_counted_targets():
     assert torch.allclose(total / 12, loss, atol=1e-6)
 
 
+def test_targets_are_already_shifted_and_labels_are_shifted_as_in_transformers():
+    model = seed_model()
+    tokens = torch.randint(0, 50, (2, 13))
+    idx = tokens[:, :-1]
+    logits, shifted = model(idx, tokens[:, 1:])  # targets[:, t] is the token after idx[:, t]
+    manual = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), tokens[:, 1:].reshape(-1))
+    assert torch.allclose(shifted, manual, atol=1e-6)
+    _, from_labels = model(tokens, labels=tokens)  # the last position has no next token: not counted
+    assert torch.allclose(from_labels, shifted, atol=1e-5)
+    with pytest.raises(GptminiError, match="targets .* or labels .*not both"):
+        model(idx, idx, labels=idx)
+
+
 def test_all_ignored_targets_give_zero_loss_and_zero_gradient():
     model = seed_model()
     model.train()

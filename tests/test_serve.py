@@ -32,8 +32,8 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn on 127.0.0.1 in a background thread; `server` is the app's gptmini.serve.Server."""
 
-    def __init__(self, app):
-        self.app, self.server, self.port = app, app.state.server, free_port()
+    def __init__(self, app, port: int | None = None):
+        self.app, self.server, self.port = app, app.state.server, port or free_port()
         self.uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
@@ -81,7 +81,8 @@ def greedy(model, tokenizer, prompt, max_tokens, template=TEMPLATE):
     engine = Engine(model, tokenizer, template)
     if isinstance(prompt, str) and template is not None:
         prompt = [{"role": "user", "content": prompt}]
-    return engine.generate([engine.encode_prompt(prompt)], SamplingParams(max_new_tokens=max_tokens))[0]
+    ids = engine.encode_prompt(prompt, raw=template is None)
+    return engine.generate([ids], SamplingParams(max_new_tokens=max_tokens))[0]
 
 
 def client_for(server, key="unused"):

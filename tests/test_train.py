@@ -40,6 +40,40 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
     assert lr_at(55, cfg) == pytest.approx(0.55)
     assert lr_at(55, TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.0, schedule="linear")) == pytest.approx(0.5)
+    assert lr_at(40, cfg, total=40.5) == pytest.approx(0.1, abs=1e-3)  # a time budget's plan: the floor by its end
+
+
+def test_a_time_budget_fits_the_decay_so_the_run_ends_annealed(tmp_path, corpus, capsys):
+    # --max-time 2 with a huge --max-steps: the decay is planned over the steps 2 s allow, not 10**6
+    summary = run_pretrain(tmp_path / "run", corpus, max_steps=10**6, max_time=2, log_every=1, eval_every=10**6,
+                           save_every=10**6)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    floor = 3e-3 * TrainConfig.min_lr_ratio
+    assert summary["stopped"] == "time limit" and rows[-1]["step"] == summary["steps"] < 10**6
+    assert max(r["lr"] for r in rows) > 5 * floor  # it warmed up to its peak region ...
+    assert rows[-1]["lr"] < 1.2 * floor  # ... and ends at the floor, annealed
+    assert rows[-1]["val_loss"] is not None  # the annealed end is validated
+    state = json.loads((tmp_path / "run" / "last" / "train_state" / "state.json").read_text())
+    assert state["seconds_per_step"] > 0  # the pace the schedule goes on from after --resume
+    assert "budget allows about" in capsys.readouterr().err
+
+
+def test_the_plan_is_said_before_the_first_step_and_many_epochs_are_warned_of(tmp_path, corpus, monkeypatch, capsys):
+    original = Trainer.train_step
+
+    def stop_after_one(self, lr):
+        self.stop_requested = True
+        return original(self, lr)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_after_one)
+    run_pretrain(tmp_path / "run", corpus, max_steps=1000)
+    out = capsys.readouterr().err  # progress lines go with the bars, stdout keeps the results
+    tokens = load(tmp_path / "run" / "last").meta["data"]["train_tokens"]
+    net = load(tmp_path / "run" / "last").model
+    assert (f"plan: {net.num_parameters():,} parameters; 1,000 steps of about 128 tokens (128,000 tokens); one epoch, "
+            f"a pass over the {tokens:,} training tokens, is {tokens / 128:,.1f} steps, so the run is "
+            f"{1000 * 128 / tokens:,.1f} epochs; its duration is measured over the first steps") in out
+    assert f"warning: 1,000 steps are {1000 * 128 / tokens:,.0f} epochs of {tokens:,} training tokens" in out
 
 
 def test_pretrain_writes_checkpoints_metrics_and_curve(tmp_path, corpus):

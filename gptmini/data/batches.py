@@ -31,6 +31,9 @@ class WindowBatches:
         self.tokens, self.context_size, self.batch_size = tokens, context_size, batch_size
         self.mix_tokens, self.mix_ratio = mix if mix else (None, 0.0)
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        # An epoch, for the training plan: as many windows as cover the corpus and the mix once.
+        self.tokens_per_epoch = sum(len(source) for source, _ in sources)
+        self.batches_per_epoch = self.tokens_per_epoch / (batch_size * context_size)
 
     def _windows(self, starts: np.ndarray, sources: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         sources = sources or [self.tokens] * len(starts)
@@ -160,6 +163,7 @@ class ExampleBatches:
         self.group = batch_size * group_chunks
         self.epoch, self.index = 0, 0
         self._order = self._epoch_batches(0)
+        self.tokens_per_epoch = sum(len(ids) - 1 for ids, _ in sequences)  # inputs, for the training plan
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
