@@ -61,18 +61,18 @@ def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: f
                 epochs=sft_epochs, overwrite=True, train={**common, "lr": 1e-3, "eval_every": 50, "save_every": 100})
     print(f"   sft: {tuned['steps']} steps, {tuned['tokens_per_s']:.0f} tokens/s, padding {tuned['padding_waste']:.1%}")
     print("== 3/3 evaluation on held-out rewordings, and the assistant in action (greedy)")
-    report = evaluate_demo(out)
+    report = evaluate_demo(out, show_progress)
     print(f"demo finished in {time.time() - started:.0f} s; everything is in {out}/")
     return {"base": base, "sft": tuned, **report}
 
 
-def evaluate_demo(out: Path) -> dict:
+def evaluate_demo(out: Path, show_progress: bool = True) -> dict:
     from .data.records import read_examples
     from .evaluate import metrics_table, run_eval
 
     held_out = read_examples(HELD_OUT).examples
     reports = run_eval([out / "sft" / "last", out / "base" / "best"], held_out, out / "eval",
-                       SamplingParams(max_new_tokens=96))
+                       SamplingParams(max_new_tokens=96), show_progress=show_progress)
     print(metrics_table(reports))
     print(f"report: {out / 'eval' / 'report.md'}")
     # The held-out answers are the evaluation's own; only the seed's prompts are answered anew.

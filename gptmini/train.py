@@ -34,7 +34,8 @@ from .model import IGNORE_INDEX, GPTMini
 from .tokenizer import Tokenizer
 
 STATE_DIR = "train_state"
-ESTIMATE_AFTER = 5  # steps timed (after the first) before the plan states the time the run will take
+ESTIMATE_AFTER = 20  # steps timed (after the first) before the plan states the time the run will take: the
+# first few run slower on CPU (seen: half speed over the first 20), which made a 5-step estimate twice too long
 MANY_EPOCHS = 20  # beyond this many passes over its data a model mostly memorises it
 
 
