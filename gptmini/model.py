@@ -2,7 +2,9 @@
 
 RMSNorm, rotary position embeddings, SwiGLU MLP, no biases, optional tied embeddings. The layout
 (rotate-half RoPE, fused projections split in the same order as Llama's q/k/v and gate/up) lets a
-checkpoint be exported exactly to `transformers`' LlamaForCausalLM.
+checkpoint be exported exactly to `transformers`' LlamaForCausalLM. The faster hand-written pieces
+it calls (RoPE and SwiGLU backwards, one-row products, the fused head loss) live in kernels.py,
+each beside the plain version it equals.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GptminiError
-
-IGNORE_INDEX = -100
+from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu
 
 
 @dataclass
@@ -82,97 +83,6 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """RoPE in the rotate-half layout (Llama's): each pair (x1, x2) of the two halves of a head
-    turns by its angle, (x1 cos - x2 sin, x2 cos + x1 sin), written into `out` half by half."""
-    x1, x2 = x.chunk(2, dim=-1)
-    out1, out2 = out.chunk(2, dim=-1)
-    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
-    torch.mul(x2, cos, out=out2).addcmul_(x1, sin)
-    return out
-
-
-def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv_heads: int):
-    """q, k, v (B, T, heads, head_dim) from the fused qkv projection, q and k rotated."""
-    qk, v = qkv.split((n_heads + n_kv_heads, n_kv_heads), dim=2)
-    q, k = rotate(qk, cos, sin, qk.new_empty(qk.shape)).split((n_heads, n_kv_heads), dim=2)
-    return q, k, v
-
-
-class RotaryQKV(torch.autograd.Function):
-    """rotary_qkv with a hand-written backward, for training.
-
-    Autograd's version of the same few lines (chunk, neg, cat, two muls, an add, then the splits'
-    backward) copies q and k about seven times per layer and direction; this writes each once.
-    The backward is the inverse rotation (sin -> -sin), written straight into one gradient buffer
-    for the fused projection.
-    """
-
-    @staticmethod
-    def forward(ctx, qkv, cos, sin, n_heads: int, n_kv_heads: int):
-        ctx.save_for_backward(cos, sin)
-        ctx.sizes = (n_heads, n_kv_heads, n_kv_heads)
-        q, k, v = rotary_qkv(qkv, cos, sin, n_heads, n_kv_heads)
-        return q, k, v.clone()  # v is a view of the input: autograd wants outputs of their own
-
-    @staticmethod
-    def backward(ctx, grad_q, grad_k, grad_v):
-        cos, sin = ctx.saved_tensors
-        grad = grad_q.new_empty(*grad_q.shape[:2], sum(ctx.sizes), grad_q.shape[-1])
-        into_q, into_k, into_v = grad.split(ctx.sizes, dim=2)
-        rotate(grad_q, cos, -sin, into_q), rotate(grad_k, cos, -sin, into_k), into_v.copy_(grad_v)
-        return grad, None, None, None, None
-
-
-def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
-class SwiGLU(torch.autograd.Function):
-    """swiglu for training: the backward writes gate_up's gradient into one buffer instead of two
-    halves that autograd would then copy together."""
-
-    @staticmethod
-    def forward(ctx, gate_up):
-        gate, up = gate_up.chunk(2, dim=-1)
-        silu_gate = F.silu(gate)
-        ctx.save_for_backward(gate_up, silu_gate)
-        return silu_gate * up
-
-    @staticmethod
-    def backward(ctx, grad):
-        gate_up, silu_gate = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
-        grad_gate_up = torch.empty_like(gate_up)
-        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
-        torch.mul(grad, silu_gate, out=grad_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
-        return grad_gate_up
-
-
-class Linear(nn.Linear):
-    """A bias-free nn.Linear (the Llama block has none) with a faster path for the one-row
-    products of decoding.
-
-    Decoding one token streams every weight from memory for a handful of FLOPs, and PyTorch runs
-    a one-row product on one core. With the weight stored (in, out) (GPTMini.use_decode_layout)
-    its row blocks are contiguous, so the product splits along `in` into one block per thread:
-    a batched matmul, which PyTorch spreads over its threads, then a sum of the partial results.
-    """
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_in = x.shape[-1]
-        parts = math.gcd(torch.get_num_threads(), n_in)
-        if x.numel() != n_in or parts < 2 or not self.weight.t().is_contiguous():
-            return F.linear(x, self.weight)
-        partial = torch.bmm(x.reshape(parts, 1, n_in // parts), self.weight.t().view(parts, n_in // parts, -1))
-        return partial.sum(0).view(*x.shape[:-1], -1)
-
-
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -223,42 +133,6 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, cache):
         x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `x @ weight.T` without materialising all logits or their gradient.
-
-    Works through the rows in chunks: each chunk's logits, loss, and gradient (softmax - one-hot)
-    are computed together while they are hot in cache, then folded into the input and weight
-    gradients. Same matmuls as the plain path, but no full-size log-softmax backward pass nor the
-    zero-filled (tokens x vocab) gradient buffer, which dominate the head's cost on a CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk: int = 1024):
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(weight, dtype=torch.float32)
-        for start in range(0, x.shape[0], chunk):
-            xs, ts = x[start:start + chunk], targets[start:start + chunk]
-            logits = (xs @ weight.t()).float()
-            valid = ts != IGNORE_INDEX
-            safe = ts.clamp(min=0)
-            target_logit = logits.gather(1, safe[:, None]).squeeze(1)
-            peak = logits.amax(dim=-1, keepdim=True)
-            grad = logits.sub_(peak).exp_()  # reuses the logits buffer: exp(logit - max)
-            norm = grad.sum(dim=-1)
-            total += ((peak.squeeze(1) + norm.log() - target_logit) * valid).sum()
-            grad.mul_((valid / norm)[:, None])  # softmax on counted rows, zero elsewhere
-            grad[torch.arange(len(ts), device=x.device), safe] -= valid.float()
-            grad_x[start:start + chunk] = (grad.to(xs.dtype) @ weight).to(x.dtype)
-            grad_w.addmm_(grad.t(), xs.float())
-        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_output, grad_w * grad_output, None, None
 
 
 class GPTMini(nn.Module):

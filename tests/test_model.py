@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
-from gptmini.model import KVCache, Linear, RotaryQKV, SwiGLU
+from gptmini.kernels import Linear, RotaryQKV, SwiGLU
+from gptmini.model import KVCache
 
 
 def seed_model(vocab_size=50):
