@@ -65,9 +65,6 @@ class WindowBatches:
         self.rng.bit_generator.state = state["rng"]
 
 
-POLICIES = ("pinned", "truncate", "window")
-
-
 def fit_to_context(ids: list[int], labels: list[int], length: int,
                    policy: str = "pinned") -> tuple[list[tuple[list[int], list[int]]], str]:
     """Sequences of at most `length` tokens from one example, and what was done: ok, windowed,
