@@ -104,7 +104,7 @@ def main() -> None:
     records = read_examples(PIRA, "instruction=pergunta,response=resposta").examples
     template = get_template()
     tokenizer = Tokenizer.train_bpe([m["content"] for e in records for m in e.messages] + [template.prompt], 8192)
-    sequences, _ = encode_examples(records, tokenizer, template, BENCH_MODEL["context_size"])
+    sequences, _, _ = encode_examples(records, tokenizer, template, BENCH_MODEL["context_size"])
     results = {"gptmini": [], "trl": []}
     waste = {}
     for _ in range(ROUNDS):

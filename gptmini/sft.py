@@ -31,29 +31,27 @@ DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 
 
 def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
-                    policy: str = "pinned") -> tuple[list[tuple[list[int], list[int]]], Counter]:
-    """Training sequences (ids, labels) of at most context_size + 1 tokens, and what was done to fit them."""
-    sequences, outcomes = [], Counter()
+                    policy: str = "pinned") -> tuple[list[tuple[list[int], list[int]]], Counter, list[int]]:
+    """Training sequences (ids, labels) of at most context_size + 1 tokens, what was done to fit them,
+    and the context each example would need whole."""
+    sequences, outcomes, needed = [], Counter(), []
     for example in examples:
         ids, labels = template.encode(tokenizer, example.messages)
         pieces, outcome = fit_to_context(ids, labels, context_size + 1, policy)
         sequences += pieces
         outcomes[outcome] += 1
-    return sequences, outcomes
+        needed.append(len(ids) - 1)
+    return sequences, outcomes, needed
 
 
-def needed_context(examples: list[Example], tokenizer: Tokenizer, template: Template, share: float = 0.95) -> int:
-    """The --context-size that would hold `share` of the examples whole (prompt, answer, end-of-text)."""
-    lengths = sorted(len(template.encode(tokenizer, e.messages)[0]) - 1 for e in examples)
-    return lengths[min(len(lengths) - 1, math.ceil(share * len(lengths)) - 1)]
-
-
-def describe_fit(outcomes: Counter, context: int, examples: list[Example], tokenizer: Tokenizer,
-                 template: Template) -> str:
-    """One line for the SFT summary: what fitting the context did, and what context would avoid it."""
+def describe_fit(outcomes: Counter, context: int, needed: list[int], share: float = 0.95) -> str:
+    """One line for the SFT summary: what fitting the context did, and the --context-size that would
+    hold `share` of the examples whole (from encode_examples' `needed`)."""
     line = f"fitting the {context}-token context: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
     if set(outcomes) != {"ok"}:
-        line += f" (a --context-size of {needed_context(examples, tokenizer, template)} would hold 95% of them whole)"
+        lengths = sorted(needed)
+        fits = lengths[min(len(lengths) - 1, math.ceil(share * len(lengths)) - 1)]
+        line += f" (a --context-size of {fits} would hold {share:.0%} of them whole)"
     return line
 
 
@@ -159,19 +157,19 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     if unknown:
         print(f"note: {unknown} characters of the data are not in the tokenizer's vocabulary; encoded as <|unk|>")
     context = net.config.context_size
-    train_seqs, outcomes = encode_examples(train_examples, tok, tmpl, context, long_examples)
+    train_seqs, outcomes, needed = encode_examples(train_examples, tok, tmpl, context, long_examples)
     print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; "
-          + describe_fit(outcomes, context, train_examples, tok, tmpl))
+          + describe_fit(outcomes, context, needed))
     train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id)
     val_batches = None
     if val_examples:
-        val_seqs, _ = encode_examples(val_examples, tok, tmpl, context, long_examples)
+        val_seqs, _, _ = encode_examples(val_examples, tok, tmpl, context, long_examples)
         val_batches = ExampleBatches(val_seqs, cfg.batch_size, cfg.seed, tok.pad_id) if val_seqs else None
     if val_batches is None:
         n = len(records.examples)
         print(no_validation_note("--val-fraction 0" if not val_fraction else
                                  f"--val-fraction {val_fraction} of {n} records is under one example"))
-    if epochs is not None and "max_steps" not in cfg_overrides:
+    if epochs is not None:  # with --max-steps too it was refused above
         cfg.max_steps = max(1, math.ceil(epochs * train_batches.batches_per_epoch / cfg.grad_accum))
     meta["data"] = {"file": str(data or "embedded"), "train_examples": len(train_examples),
                     "val_examples": len(val_examples), "fit": dict(outcomes), "skipped_records": len(records.skipped),

@@ -25,7 +25,7 @@ def test_example_logits_are_the_same_alone_or_batched():
 def test_padding_waste_on_pira_is_under_10_percent():
     records = read_examples(SHARED / "pira_pt_train.jsonl", "instruction=pergunta,response=resposta")
     tok = Tokenizer.train_char(m["content"] for e in records.examples for m in e.messages)
-    seqs, outcomes = encode_examples(records.examples, tok, get_template(), 256, policy="truncate")
+    seqs, outcomes, _ = encode_examples(records.examples, tok, get_template(), 256, policy="truncate")
     batches = ExampleBatches(seqs, batch_size=16, seed=0, pad_id=tok.pad_id)
     assert batches.padding_waste() < 0.10
     assert sum(outcomes.values()) == 2058 and outcomes["truncated"] > 0  # nothing dropped silently
@@ -99,7 +99,7 @@ def test_pinned_is_the_sft_default_and_reports_what_it_did(char_tokenizer):
 
     long = Example([{"role": "user", "content": "Pergunta?"}, {"role": "assistant", "content": "resposta " * 30}], "x:1")
     short = Example([{"role": "user", "content": "Oi"}, {"role": "assistant", "content": "ola"}], "x:2")
-    seqs, outcomes = encode_examples([long, short], char_tokenizer, get_template(), 100)
+    seqs, outcomes, _ = encode_examples([long, short], char_tokenizer, get_template(), 100)
     assert outcomes == {"windowed": 1, "ok": 1} and len(seqs) > 2
     prompt = get_template().encode(char_tokenizer, long.messages[:1])[0]
     assert all(ids[:len(prompt)] == prompt for ids, _ in seqs[:-1])
