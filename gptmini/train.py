@@ -369,7 +369,7 @@ class Trainer:
                    "train_seconds": round(self.elapsed, 2),
                    "tokens_per_s": round(self.tokens / max(self.elapsed, 1e-9), 1), "stopped": stopped}
         if stopped == "interrupted":
-            tqdm.write(f"interrupted at step {self.step}: saved {self.out / 'last'}; continue with --resume", file=sys.stderr)
+            say(f"interrupted at step {self.step}: saved {self.out / 'last'}; continue with --resume")
         return summary
 
     def step_time(self, started: float) -> float:
