@@ -2,7 +2,8 @@
 
 GPTMini's block is Llama's (RMSNorm, rotate-half RoPE, SwiGLU, no biases), so the conversion is
 a renaming plus two splits: our fused qkv projection into q/k/v, our fused gate_up into gate/up.
-Nothing here imports `transformers`: the files are written and read directly.
+A LoRA run's adapters export in PEFT's layout beside their base. Nothing here imports
+`transformers` or `peft`: the files are written and read directly.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from . import checkpoint
 from .data.templates import Template
 from .errors import GptminiError
+from .lora import ADAPTER, TARGETS
 from .model import GPTConfig, GPTMini
 from .tokenizer import Tokenizer
 
@@ -29,6 +31,16 @@ def _layer_names(i: int) -> dict[str, str]:
             f"blocks.{i}.mlp.down.weight": hf + "mlp.down_proj.weight"}
 
 
+def split_fused(c: GPTConfig, i: int, tensor: torch.Tensor, fused: str) -> dict[str, torch.Tensor]:
+    """Block i's fused projection ("attn.qkv" or "mlp.gate_up"; a weight or a LoRA B, output rows
+    first) as the transformers modules it becomes: q/k/v or gate/up."""
+    hf = f"model.layers.{i}."
+    if fused == "attn.qkv":
+        parts = tensor.split((c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim))
+        return {hf + f"self_attn.{p}_proj": t for p, t in zip("qkv", parts)}
+    return {hf + f"mlp.{p}_proj": t for p, t in zip(("gate", "up"), tensor.chunk(2))}
+
+
 def to_hf_state(model: GPTMini) -> dict[str, torch.Tensor]:
     c, ours = model.config, checkpoint.weights_state_dict(model)
     state = {"model.embed_tokens.weight": ours["embed.weight"], "model.norm.weight": ours["norm.weight"]}
@@ -36,12 +48,9 @@ def to_hf_state(model: GPTMini) -> dict[str, torch.Tensor]:
         state["lm_head.weight"] = ours["lm_head.weight"]
     for i in range(c.n_layers):
         state.update({hf: ours[name] for name, hf in _layer_names(i).items()})
-        q, k, v = ours[f"blocks.{i}.attn.qkv.weight"].split(
-            (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim))
-        gate, up = ours[f"blocks.{i}.mlp.gate_up.weight"].chunk(2)
-        hf = f"model.layers.{i}."
-        state.update({hf + "self_attn.q_proj.weight": q, hf + "self_attn.k_proj.weight": k,
-                      hf + "self_attn.v_proj.weight": v, hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up})
+        for fused in ("attn.qkv", "mlp.gate_up"):
+            split = split_fused(c, i, ours[f"blocks.{i}.{fused}.weight"], fused)
+            state.update({module + ".weight": t for module, t in split.items()})
     return {k: v.contiguous() for k, v in state.items()}
 
 
@@ -59,9 +68,13 @@ def chat_template(template: Template, eos: str) -> str:
             "{% endfor %}")
 
 
-def export(model_dir: str | Path, out: str | Path) -> Path:
-    """A gptmini checkpoint -> a transformers LlamaForCausalLM directory (with tokenizer)."""
+def export(model_dir: str | Path, out: str | Path, template: Template | None = None) -> Path:
+    """A gptmini checkpoint -> a transformers LlamaForCausalLM directory (with tokenizer).
+
+    template: the chat template to write, when not the checkpoint's own (a LoRA run's, for its base).
+    """
     ckpt = checkpoint.load(model_dir)
+    template = template or ckpt.template
     c, tok = ckpt.model.config, ckpt.tokenizer
     eos, pad = tok.id_to_token(tok.eot_id), tok.id_to_token(tok.pad_id)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
@@ -75,8 +88,8 @@ def export(model_dir: str | Path, out: str | Path) -> Path:
                         "model_max_length": c.context_size, "clean_up_tokenization_spaces": False}
     if tok.unk_id is not None:
         tokenizer_config["unk_token"] = tok.id_to_token(tok.unk_id)
-    if ckpt.template:
-        tokenizer_config["chat_template"] = chat_template(ckpt.template, eos)
+    if template:
+        tokenizer_config["chat_template"] = chat_template(template, eos)
     generation = {"eos_token_id": tok.eot_id, "pad_token_id": tok.pad_id, "do_sample": False,
                   "max_length": c.context_size}
     with checkpoint.atomic_directory(out) as tmp:
@@ -86,6 +99,58 @@ def export(model_dir: str | Path, out: str | Path) -> Path:
             (tmp / name).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         shutil.copy(Path(model_dir) / checkpoint.TOKENIZER, tmp / "tokenizer.json")
     return Path(out)
+
+
+def peft_state(c: GPTConfig, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our adapters (lora_a: r x in, lora_b: out x r per fused projection) under PEFT's names.
+
+    A fused projection's B splits by output rows like its weight; its modules share A, so each
+    split keeps B_part @ A, exactly the rows of B @ A.
+    """
+    state = {}
+    for i in range(c.n_layers):
+        for target in TARGETS:
+            a, b = ours[f"blocks.{i}.{target}.lora_a"], ours[f"blocks.{i}.{target}.lora_b"]
+            if target in ("attn.qkv", "mlp.gate_up"):
+                modules = split_fused(c, i, b, target)
+            else:
+                modules = {_layer_names(i)[f"blocks.{i}.{target}.weight"].removesuffix(".weight"): b}
+            for module, b_part in modules.items():
+                state[f"base_model.model.{module}.lora_A.weight"] = a.clone()  # safetensors stores no aliases
+                state[f"base_model.model.{module}.lora_B.weight"] = b_part
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def export_adapter(model_dir: str | Path, out: str | Path) -> Path:
+    """A LoRA run -> OUT/base (its base model, for transformers) and OUT/adapter (PEFT's
+    adapter_config.json + adapter_model.safetensors), for `PeftModel.from_pretrained(base, OUT/adapter)`."""
+    ckpt = checkpoint.load(model_dir)
+    spec = ckpt.meta.get("lora")
+    if not spec:
+        raise GptminiError(f"{ckpt.path}: not a LoRA run (sft --lora-rank), so it has no adapter; "
+                           "export it without --adapter")
+    if spec.get("embeddings"):
+        raise GptminiError(f"{ckpt.path}: trained its embeddings in full (--lora-embeddings), which a PEFT LoRA "
+                           "adapter cannot hold; export the merged model without --adapter")
+    file = ckpt.path / ADAPTER
+    try:
+        ours = load_file(str(file))
+    except (OSError, SafetensorError) as exc:
+        raise GptminiError(f"{file}: cannot read the LoRA adapter ({exc})") from None
+    base = Path(ckpt.meta["source"]["base"])
+    if checkpoint.read_config(base)["model"] != ckpt.model.config.to_dict():
+        raise GptminiError(f"{base}: the run's base no longer has the run's model shape; export the merged model "
+                           "without --adapter")
+    c, out = ckpt.model.config, Path(out)
+    export(base, out / "base", ckpt.template)  # the run's chat template, which its base may lack
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str((out / "base").resolve()),
+              "r": spec["rank"], "lora_alpha": spec["alpha"], "lora_dropout": 0.0, "bias": "none",
+              "use_rslora": False, "fan_in_fan_out": False, "inference_mode": True,  # scale = lora_alpha / r, as ours
+              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    with checkpoint.atomic_directory(out / "adapter") as tmp:
+        save_file(peft_state(c, ours), str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out / "adapter"
 
 
 def _read_json(path: Path) -> dict:

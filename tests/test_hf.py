@@ -5,7 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from gptmini import GPTConfig, GPTMini, GptminiError, Tokenizer, get_template, load, save
-from gptmini.hf import export, import_hf
+from gptmini.data.corpus import ASSETS
+from gptmini.hf import export, export_adapter, import_hf
+from gptmini.sft import sft
 
 TEXT = "Atenção, não é ação? O modelo de linguagem prevê a próxima palavra."
 
@@ -53,3 +55,36 @@ def test_unsupported_architectures_are_refused_clearly(tmp_path):
         import_hf(tmp_path / "gpt2", tmp_path / "out")
     with pytest.raises(GptminiError, match="no such directory"):
         import_hf(tmp_path / "nope", tmp_path / "out")
+
+
+def test_lora_adapter_in_peft_format_equals_our_merged_checkpoint(tmp_path):
+    from peft import PeftModel
+
+    tok = Tokenizer.train_bpe([(ASSETS / "seed.jsonl").read_text(encoding="utf-8")], vocab_size=400)
+    torch.manual_seed(0)
+    save(tmp_path / "base", GPTMini(GPTConfig(vocab_size=tok.vocab_size, context_size=128, d_model=32, n_heads=4,
+                                              n_kv_heads=2, n_layers=2)), tok)
+    sft(tmp_path / "lora", data=ASSETS / "seed.jsonl", base=str(tmp_path / "base"), lora_rank=4, lora_alpha=12,
+        train={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "show_progress": False})
+    adapter = export_adapter(tmp_path / "lora" / "last", tmp_path / "hf")
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert "chat_template" in json.loads((tmp_path / "hf" / "base" / "tokenizer_config.json").read_text())  # the run's
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "base").eval()
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
+    assert peft_model.peft_config["default"].lora_alpha / peft_model.peft_config["default"].r == 3.0
+    ours = load(tmp_path / "lora" / "last").model  # the merged weights
+    x = torch.tensor([tok.encode(TEXT)])
+    with torch.no_grad():
+        assert (peft_model(x).logits - ours(x)[0]).abs().max() <= 1e-4
+        assert (load(tmp_path / "base").model(x)[0] - ours(x)[0]).abs().max() > 1e-3  # the adapter changes it
+
+
+def test_adapter_export_refuses_what_peft_cannot_hold(tmp_path):
+    tok = Tokenizer.train_bpe([TEXT] * 5, vocab_size=300)
+    model = GPTMini(GPTConfig(vocab_size=tok.vocab_size, context_size=32, d_model=32, n_heads=4, n_layers=1))
+    save(tmp_path / "plain", model, tok)
+    with pytest.raises(GptminiError, match="not a LoRA run .* export it without --adapter"):
+        export_adapter(tmp_path / "plain", tmp_path / "out")
+    save(tmp_path / "emb", model, tok, {"lora": {"rank": 4, "alpha": 8.0, "embeddings": True}, "source": {"base": "x"}})
+    with pytest.raises(GptminiError, match="--lora-embeddings.*without --adapter"):
+        export_adapter(tmp_path / "emb", tmp_path / "out")
