@@ -7,10 +7,13 @@ window goes on in a sliding window: the prompt stays pinned, the oldest answer t
 
 Long prompts: a prompt keeps its last `max(context_size - max_new_tokens, context_size // 2)`
 tokens, so there is room to answer; the cut is reported in `Completion.prompt_truncated`.
+
+Requests that arrive at different times, each with its own parameters, are decoded together by
+scheduler.py (continuous batching, what `gptmini serve` runs); they get the answers given here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +22,7 @@ from .data.batches import slide_keep
 from .data.templates import Template
 from .errors import GptminiError
 from .model import GPTMini, KVCache
+from .quantize import quantize as quantized
 from .tokenizer import Tokenizer
 
 
@@ -91,12 +95,16 @@ class _Row:
 
 
 class Engine:
-    """Generation for one model + tokenizer (+ the template its prompts were trained with)."""
+    """Generation for one model + tokenizer (+ the template its prompts were trained with).
 
-    def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None) -> None:
-        self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
-        if model.embed.weight.device.type == "cpu":
-            model.use_decode_layout()
+    quantize="int8": generate with an int8 weight-only copy of the model (quantize.py).
+    """
+
+    def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None,
+                 quantize: str | None = None) -> None:
+        self.model, self.tokenizer, self.template = quantized(model, quantize).eval(), tokenizer, template
+        if self.model.embed.weight.device.type == "cpu":
+            self.model.use_decode_layout()
 
     def encode_prompt(self, prompt: str | list[dict], raw: bool = False) -> list[int]:
         """The ids the model answers, formatted by the template as in training (and as the CLI does): a
@@ -125,14 +133,13 @@ class Engine:
     def _new_rows(self, prompts: list[list[int]], params: SamplingParams) -> list[_Row]:
         return [_Row(self.tokenizer.stream_decoder(), params.stop) for _ in prompts]
 
-    def _events(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row],
-                every_token: bool = False) -> Iterator[tuple[int, str]]:
-        """(row, delta) per piece of text; every_token also yields "" for tokens whose text is held back."""
+    def _events(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row]) -> Iterator[tuple[int, str]]:
+        """(row, delta) per piece of text."""
         for tokens in self._token_steps(prompts, params):
             for i, token_id in enumerate(tokens.tolist()):
                 if rows[i].finish_reason is None:
                     delta = rows[i].push(token_id, self.tokenizer.eot_id)
-                    if delta or every_token:
+                    if delta:
                         yield i, delta
             if all(r.finish_reason for r in rows):
                 return
@@ -149,23 +156,16 @@ class Engine:
                 on_text(row, delta)
         return self._completions(prompts, params, rows)
 
-    def stream_completion(self, prompt: list[int], params: SamplingParams) -> Generator[str, None, Completion]:
-        """One prompt, one event per generated token: its text delta ("" while the text is held
-        back, e.g. a possible start of a stop string), then the Completion as the return value.
-
-        Closing the generator between two tokens ends the generation (a server's client left).
-        """
-        rows = self._new_rows([prompt], params)
-        for _, delta in self._events([prompt], params, rows, every_token=True):
-            yield delta
-        return self._completions([prompt], params, rows)[0]
-
     def _completions(self, prompts: list[list[int]], params: SamplingParams, rows: list[_Row]) -> list[Completion]:
+        return [self.completion(p, params, r) for r, p in zip(rows, prompts)]
+
+    def completion(self, prompt: list[int], params: SamplingParams, row: _Row) -> Completion:
         budget = self.prompt_budget(params.max_new_tokens)
-        return [
-            Completion(r.text, r.ids, min(len(p), budget), r.finish_reason, max(0, len(p) - budget))
-            for r, p in zip(rows, prompts)
-        ]
+        return Completion(row.text, row.ids, min(len(prompt), budget), row.finish_reason, max(0, len(prompt) - budget))
+
+    def fit_prompt(self, prompt: list[int], params: SamplingParams) -> list[int]:
+        """The prompt as the window holds it: its last `prompt_budget` tokens (end-of-text if empty)."""
+        return prompt[-self.prompt_budget(params.max_new_tokens):] if prompt else [self.tokenizer.eot_id]
 
     @torch.inference_mode()
     def _token_steps(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[torch.Tensor]:
@@ -177,8 +177,7 @@ class Engine:
         length, so a batched answer is the answer the row would get alone.
         """
         ctx = self.model.config.context_size
-        budget = self.prompt_budget(params.max_new_tokens)
-        prompts = [p[-budget:] if p else [self.tokenizer.eot_id] for p in prompts]
+        prompts = [self.fit_prompt(p, params) for p in prompts]
         answers: list[list[int]] = [[] for _ in prompts]
         generator = None
         if params.seed is not None:

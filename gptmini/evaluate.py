@@ -115,11 +115,13 @@ class ModelReport:
     answers: list[str] = field(default_factory=list)
 
 
-def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: int = 32) -> float:
+def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: int = 32, model=None) -> float:
     """Mean loss on response tokens (+ end-of-text) of the examples, as in training: an example
-    longer than the context is cut the way training cuts it. NaN when no response token fits."""
-    ctx = ckpt.model.config.context_size
-    device = ckpt.model.embed.weight.device
+    longer than the context is cut the way training cuts it. NaN when no response token fits.
+    `model`: another model to score with (the checkpoint's quantized copy); default the checkpoint's."""
+    model = model or ckpt.model
+    ctx = model.config.context_size
+    device = model.embed.weight.device
     sequences = []
     for example in examples:
         ids, labels = template.encode(ckpt.tokenizer, example.messages)
@@ -130,16 +132,17 @@ def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: i
     with torch.inference_mode():
         for idx, targets in ExampleBatches(sequences, batch_size, 0, ckpt.tokenizer.pad_id).eval_batches():
             idx, targets = idx.to(device), targets.to(device)
-            _, loss = ckpt.model(idx, targets, loss_reduction="sum")
+            _, loss = model(idx, targets, loss_reduction="sum")
             total += loss.item()
             count += int((targets != IGNORE_INDEX).sum())
     return total / max(count, 1)
 
 
 def evaluate_model(ckpt, template: Template, examples: list[Example], params: SamplingParams,
-                   batch_size: int = 32, name: str | None = None, show_progress: bool = True) -> ModelReport:
+                   batch_size: int = 32, name: str | None = None, show_progress: bool = True,
+                   quantize: str | None = None) -> ModelReport:
     """Answers every example's prompt (all messages but the final answer) and scores the answers."""
-    engine = Engine(ckpt.model, ckpt.tokenizer, template)
+    engine = Engine(ckpt.model, ckpt.tokenizer, template, quantize)
     prompts = [engine.encode_prompt(e.messages[:-1]) for e in examples]
     completions = []
     name = name or str(ckpt.path)
@@ -148,7 +151,7 @@ def evaluate_model(ckpt, template: Template, examples: list[Example], params: Sa
         completions += engine.generate(prompts[i:i + batch_size], params)
     references = [e.messages[-1]["content"] for e in examples]
     answers = [c.text for c in completions]
-    loss = masked_loss(ckpt, template, examples, batch_size)
+    loss = masked_loss(ckpt, template, examples, batch_size, engine.model)
     scores = (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l), ("chrf", chrf))
     metrics = {key: sum(fn(a, r) for a, r in zip(answers, references)) / len(examples) for key, fn in scores}
     metrics.update(loss=loss, perplexity=math.exp(min(loss, 50)),  # min: no overflow for a random model
@@ -181,11 +184,14 @@ def unique_names(models: list[str | Path]) -> list[str]:
 
 def run_eval(models: list[str | Path], examples: list[Example], out: Path, params: SamplingParams,
              template: Template | None = None, batch_size: int = 32, skipped: list[str] = (),
-             device: str = "cpu", show_progress: bool = True) -> list[ModelReport]:
+             device: str = "cpu", show_progress: bool = True, quantize: str | None = None,
+             compare_unquantized: bool = False) -> list[ModelReport]:
     """Evaluates every checkpoint on the examples and writes the report into `out`.
 
     `template` is for checkpoints without one (base models); by default they borrow the first
     template found among `models`. `skipped` (records the reader left out) goes into the report.
+    `quantize` ("int8") evaluates quantized copies; with `compare_unquantized` the first model in
+    float32 comes first, beside them (see quantization_summary).
     """
     examples, unscored = scorable(examples)
     if not examples:
@@ -197,11 +203,24 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
     template = template or next((c.template for c in ckpts if c.template), None)
     if template is None:
         raise GptminiError("none of the models has a template: pass --template (e.g. comando)")
-    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name, show_progress)
-               for c, name in zip(ckpts, unique_names(models))]
+    names = unique_names(models)
+    runs = [(c, f"{name} ({quantize})" if quantize else name, quantize) for c, name in zip(ckpts, names)]
+    if quantize and compare_unquantized:
+        runs.insert(0, (ckpts[0], f"{names[0]} (fp32)", None))
+    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name, show_progress, mode)
+               for c, name, mode in runs]
     data = {"scored": len(examples), "skipped": list(skipped), "no_reference": unscored}
     write_report(out, reports, examples, [Path(m) for m in models], data)
     return reports
+
+
+def quantization_summary(full: ModelReport, quantized: ModelReport) -> str:
+    """One line: the quantized model's held-out loss against float32's, and how many answers are identical."""
+    same = sum(a == b for a, b in zip(full.answers, quantized.answers))
+    loss, reference = quantized.metrics["loss"], full.metrics["loss"]
+    return (f"{quantized.name} vs {full.name}: held-out loss {loss:.4f} vs {reference:.4f} "
+            f"({(loss - reference) / reference:+.2%}); greedy answers identical {same}/{len(full.answers)} "
+            f"({same / max(len(full.answers), 1):.1%})")
 
 
 def metrics_table(reports: list[ModelReport]) -> str:

@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 import uvicorn
 from starlette.requests import ClientDisconnect
 
 from gptmini import Engine, SamplingParams, get_template, save
-from gptmini.serve import create_app
+from gptmini.serve import ChatRequest, create_app
 
 TEMPLATE = get_template()
 QUESTIONS = ["Olá", "O que é atenção?", "ação", "modelo de linguagem", "Explique", "oi"]
@@ -97,39 +98,19 @@ def read_sse(response) -> list[dict]:
 
 
 def slow_generation(server, delay, produced=None):
-    """Makes every token of `server` take `delay` seconds (and records the deltas in `produced`)."""
-    original = server.run
+    """Makes every step of `server`'s scheduler take `delay` seconds more (and records in `produced`
+    the tokens each step generated)."""
+    original = server.scheduler.step
 
-    def run(ids, params, on_text=None, cancelled=lambda: False):
-        def tick(delta):
-            time.sleep(delay)
-            if produced is not None:
-                produced.append(delta)
-            if on_text:
-                on_text(delta)
-        return original(ids, params, tick, cancelled)
+    def step():
+        time.sleep(delay)
+        tokens = original()
+        if produced is not None and tokens:
+            produced.append(tokens)
+        return tokens
 
-    server.run = run
+    server.scheduler.step = step
     return original
-
-
-def test_engine_stream_completion_matches_generate(tiny_model, char_tokenizer):
-    engine = Engine(tiny_model, char_tokenizer)
-    prompt = char_tokenizer.encode("Atenção, não é")
-    reference = engine.generate([prompt], SamplingParams(max_new_tokens=20))[0].text
-    cases = [SamplingParams(max_new_tokens=20), SamplingParams(max_new_tokens=20, stop=(reference[5:7],)),
-             SamplingParams(max_new_tokens=20, temperature=1.0, seed=3), SamplingParams(max_new_tokens=0)]
-    for params in cases:
-        steps, deltas = engine.stream_completion(prompt, params), []
-        try:
-            while True:
-                deltas.append(next(steps))
-        except StopIteration as end:
-            completion = end.value
-        assert completion == engine.generate([prompt], params)[0]
-        assert "".join(deltas) == completion.text
-        assert len(deltas) >= len(completion.token_ids)  # one event per token: a server can stop in between
-    assert engine.generate([prompt], cases[1])[0].finish_reason == "stop"
 
 
 def test_openai_client_chat_stream_equals_non_stream(live, tiny_model, char_tokenizer):
@@ -172,7 +153,7 @@ def test_completions_models_health(live, tiny_model, char_tokenizer):
     assert streamed[-1].choices[0].finish_reason == "length"
     assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "c"
     health = httpx.get(server.url + "/health").json()
-    assert health == {"status": "ok", "model": "c", "active": 0, "capacity": 17}
+    assert health == {"status": "ok", "model": "c", "active": 0, "capacity": 24, "running": 0, "waiting": 0}
 
 
 def test_stop_strings(live, tiny_model, char_tokenizer):
@@ -259,9 +240,10 @@ def test_error_cases(live):
 
 
 def test_full_queue_gets_429_and_the_server_keeps_serving(live):
-    server = live(workers=1, queue_size=1, max_tokens=16)
-    gate, original = threading.Event(), server.server.run
-    server.server.run = lambda *a, **k: (gate.wait(10), original(*a, **k))[1]  # holds the only worker
+    server = live(max_batch=1, queue_size=1, max_tokens=16)
+    scheduler = server.server.scheduler
+    gate, original = threading.Event(), scheduler.step
+    scheduler.step = lambda: (gate.wait(10), original())[1]  # holds the scheduler
     url = server.url + "/v1/chat/completions"
     body = {"messages": [{"role": "user", "content": "oi"}], "max_tokens": 2}
     with ThreadPoolExecutor(2) as pool:
@@ -282,7 +264,7 @@ def test_full_queue_gets_429_and_the_server_keeps_serving(live):
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation_and_frees_its_place(live):
-    server = live(workers=1, queue_size=1, max_tokens=40)
+    server = live(max_batch=1, queue_size=1, max_tokens=40)
     produced = []
     original = slow_generation(server.server, 0.05, produced)
     server.server.engine.tokenizer.eot_id = -1  # never stop early: only the disconnect can end it
@@ -301,7 +283,7 @@ def test_a_client_leaving_mid_stream_stops_its_generation_and_frees_its_place(li
         httpx.post(url, json={**body, "stream": False}, timeout=0.5)
     assert server.wait_active(0) == 0
     assert len(produced) < 20
-    server.server.run = original
+    server.server.scheduler.step = original
     started = time.perf_counter()
     ok = httpx.post(url, json={"messages": [{"role": "user", "content": "oi"}], "max_tokens": 2})
     assert ok.status_code == 200 and time.perf_counter() - started < 2  # the worker is free
@@ -311,7 +293,7 @@ def test_a_client_leaving_mid_stream_stops_its_generation_and_frees_its_place(li
 def test_a_client_gone_before_the_first_byte_gives_its_place_back(ckpt_dir, spec_version):
     """At the ASGI level: the client is gone before the response starts, so the event generator
     never runs (ASGI 2.4: `send` fails at once; 2.3: the disconnect is already waiting)."""
-    app = create_app(ckpt_dir, workers=1, queue_size=0, max_tokens=30)
+    app = create_app(ckpt_dir, max_batch=1, queue_size=0, max_tokens=30)
     server = app.state.server
     slow_generation(server, 0.02)
     body = json.dumps({"messages": [{"role": "user", "content": "oi"}], "stream": True, "max_tokens": 30}).encode()
@@ -341,37 +323,112 @@ def test_a_client_gone_before_the_first_byte_gives_its_place_back(ckpt_dir, spec
     server.close()
 
 
-def test_bounded_load_200_requests_at_concurrency_8(live, tiny_model, char_tokenizer):
-    server = live(workers=2, queue_size=16, max_tokens=16)
+@pytest.fixture
+def lively_ckpt(tmp_path, tiny_model, char_tokenizer):
+    """Large random weights: greedy text that depends on the whole context, so a row that read
+    another row's keys, positions or cache would answer differently."""
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    save(tmp_path / "lively", tiny_model, char_tokenizer, {"template": TEMPLATE.to_dict()})
+    return tmp_path / "lively"
+
+
+def test_16_concurrent_greedy_requests_equal_sequential_runs(live, lively_ckpt, tiny_model, char_tokenizer):
+    """Different prompts, limits and stop strings decoded in one batch; one request joins mid-way,
+    one is cancelled mid-way: every answer is the one the request gets alone."""
+    server = live(lively_ckpt, max_batch=16, queue_size=2, max_tokens=20)
+    steps = []
+    slow_generation(server.server, 0.01, steps)
+    engine = Engine(tiny_model, char_tokenizer, TEMPLATE)
+    cases = []
+    for i in range(17):
+        question = QUESTIONS[i % len(QUESTIONS)] + " " + "abcdefghijklmnopq"[i]
+        body = {"messages": [{"role": "user", "content": question}], "max_tokens": 6 + i % 12, "temperature": 0}
+        if i % 4 == 1:  # a stop string the answer reaches
+            text = greedy(tiny_model, char_tokenizer, question, body["max_tokens"]).text
+            body["stop"] = text[3:5]
+        ids = engine.encode_prompt(body["messages"])
+        params = server.server.params(ChatRequest(**body), len(ids), "messages")
+        cases.append((body, engine.generate([ids], params)[0]))
+    assert sum(expected.finish_reason == "stop" for _, expected in cases) >= 4
+    client = client_for(server)
+
+    def ask(body):
+        out = client.chat.completions.create(model="c", **body)
+        return out.choices[0].message.content, out.choices[0].finish_reason
+
+    url = server.url + "/v1/chat/completions"
+    with ThreadPoolExecutor(17) as pool:
+        answers = [pool.submit(ask, body) for body, _ in cases[:15]]
+        with httpx.Client(timeout=30) as http, http.stream("POST", url, json={**cases[15][0], "max_tokens": 20,
+                                                                              "stream": True}) as response:
+            lines = (line for line in response.iter_lines() if line)
+            next(lines), next(lines), next(lines)  # the role chunk and two deltas, then it hangs up
+        late = pool.submit(ask, cases[16][0])  # joins the running batch
+        answers.append(late)
+        got = [a.result() for a in answers]
+    for (content, finish), (_, expected) in zip(got, [*cases[:15], cases[16]]):
+        assert (content, finish) == (expected.text, expected.finish_reason)
+    assert max(steps) >= 12  # the requests were decoded together
+    assert server.wait_active(0) == 0
+    assert httpx.get(server.url + "/health").json()["running"] == 0
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e6
+
+
+def test_bounded_load_500_requests_at_concurrency_16(live, tiny_model, char_tokenizer):
+    """Half streamed, one in five streamed ones hung up after its first delta: no error, every completed
+    answer right, the server's memory flat and every place given back. (The queue is larger than the
+    concurrency: a client that hung up holds its place until the server sees it gone.)"""
+    server = live(max_batch=8, queue_size=16, max_tokens=16)
     expected = {q: greedy(tiny_model, char_tokenizer, q, 8).text for q in QUESTIONS}
     url = server.url + "/v1/chat/completions"
 
     def one(i, http):
-        q, stream = QUESTIONS[i % len(QUESTIONS)], i % 2 == 1  # every other request is streamed
+        q, stream = QUESTIONS[i % len(QUESTIONS)], i % 2 == 1
         body = {"messages": [{"role": "user", "content": q}], "max_tokens": 8, "temperature": 0, "stream": stream}
         start = time.perf_counter()
         if stream:
             with http.stream("POST", url, json=body) as r:
+                if r.status_code == 200 and i % 10 == 3:  # the client leaves mid-answer
+                    lines = (line for line in r.iter_lines() if line)
+                    next(lines), next(lines)
+                    return q, r.status_code, None, None
+                text = "".join(e["choices"][0]["delta"].get("content", "") for e in read_sse(r)) if r.status_code == 200 else None
                 status = r.status_code
-                text = "".join(e["choices"][0]["delta"].get("content", "") for e in read_sse(r)) if status == 200 else None
         else:
             r = http.post(url, json=body)
             status = r.status_code
             text = r.json()["choices"][0]["message"]["content"] if status == 200 else None
         return q, status, text, time.perf_counter() - start
 
+    def load(n):
+        with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16)) as http, ThreadPoolExecutor(16) as pool:
+            return list(pool.map(lambda i: one(i, http), range(n)))
+
+    load(50)  # warm-up: allocator pools, threads, connections
+    before = rss_mb()
     started = time.perf_counter()
-    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=8)) as http, ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda i: one(i, http), range(200)))
+    results = load(500)
     elapsed = time.perf_counter() - started
     statuses = [status for _, status, _, _ in results]
-    assert statuses == [200] * 200, {s: statuses.count(s) for s in set(statuses)}
-    assert all(text == expected[q] for q, _, text, _ in results)
-    latencies = [r[3] * 1000 for r in results]
-    cuts = statistics.quantiles(latencies, n=100)
-    print(f"\nload: 200 requests (half streamed), concurrency 8, 2 workers, 8 new tokens each: "
-          f"{200 / elapsed:.1f} requests/s, p50 {statistics.median(latencies):.0f} ms, p99 {cuts[98]:.0f} ms")
+    assert statuses == [200] * 500, {s: statuses.count(s) for s in set(statuses)}
+    completed = [(q, text) for q, _, text, latency in results if latency is not None]
+    assert len(completed) == 450 and all(text == expected[q] for q, text in completed)
     assert server.wait_active(0) == 0
+    assert httpx.get(server.url + "/health").json()["waiting"] == 0
+    grown = rss_mb() - before
+    assert grown < 50, f"memory grew {grown:.0f} MB over 500 requests"
+    latencies = [r[3] * 1000 for r in results if r[3] is not None]
+    cuts = statistics.quantiles(latencies, n=100)
+    print(f"\nload: 500 requests (half streamed, 50 hung up), concurrency 16, max batch 8, 8 new tokens each: "
+          f"{500 / elapsed:.1f} requests/s, p50 {statistics.median(latencies):.0f} ms, p99 {cuts[98]:.0f} ms, "
+          f"memory {grown:+.1f} MB")
 
 
 def test_cli_serve_and_a_busy_port(ckpt_dir):

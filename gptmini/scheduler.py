@@ -1,0 +1,242 @@
+"""Continuous batching: many requests decoded together, joining and leaving between steps.
+
+Every step feeds the last token of each running request through the model as one batch (the
+weights stream from memory once for all of them), then samples each row with its own parameters,
+seed, stop strings and token limit. A new request is prefilled on its own into a free slot of the
+KV pool and joins at the next step; the others' caches are left as they are. A finished or
+cancelled request leaves at once and the last slot moves into its place, so the running rows are
+always slots 0..n-1 and a step reads plain views of the pool.
+
+Each request's answer is the one it would get alone (Engine.generate): its prefill is the same
+batch-1 prefill, its rotary positions and attention mask are its own, and it slides its window
+on its own length. With one running request the step is the alone step exactly (no mask at all).
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .data.batches import slide_keep
+from .engine import Completion, Engine, SamplingParams, _Row, _Window, sample_next
+from .model import GPTConfig, KVCache
+
+
+class Cancelled(Exception):
+    """A request that was cancelled (its client left, or the scheduler was stopped) before it finished."""
+
+
+class SlotCache:
+    """Keys and values for `slots` sequences, each slot with its own length (the model's cache for a step)."""
+
+    def __init__(self, config: GPTConfig, slots: int, device, dtype) -> None:
+        shape = (config.n_layers, slots, config.n_kv_heads, config.context_size, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = [0] * slots
+        self.rows = self.positions = None
+        self.length = 0  # the longest row of this step: the model attends over keys [0, length]
+
+    def store(self, slot: int, cache: KVCache) -> None:
+        """Takes a one-row prefill's cache into `slot`."""
+        n = cache.length
+        self.k[:, slot, :, :n], self.v[:, slot, :, :n] = cache.k[:, 0, :, :n], cache.v[:, 0, :, :n]
+        self.lengths[slot] = n
+
+    def move(self, source: int, slot: int) -> None:
+        n = self.lengths[source]
+        self.k[:, slot, :, :n], self.v[:, slot, :, :n] = self.k[:, source, :, :n], self.v[:, source, :, :n]
+        self.lengths[slot] = n
+
+    def begin(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Rows 0..n-1 each take one token: their (n, 1) positions and (n, S) key mask (None, None for one
+        row, whose position is the cache length and which sees every cached key)."""
+        device = self.k.device
+        self.positions = torch.tensor(self.lengths[:n], device=device)
+        self.rows, self.length = torch.arange(n, device=device), max(self.lengths[:n])
+        if n == 1:
+            return None, None
+        return self.positions[:, None], torch.arange(self.length + 1, device=device) <= self.positions[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes each row's new key/value at its own length; returns the rows' keys up to the longest."""
+        self.k[layer, self.rows, :, self.positions] = k[:, :, 0]
+        self.v[layer, self.rows, :, self.positions] = v[:, :, 0]
+        n, end = len(self.rows), self.length + 1
+        return self.k[layer, :n, :, :end], self.v[layer, :n, :, :end]
+
+    def end(self, n: int) -> None:
+        for i in range(n):
+            self.lengths[i] += 1
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence: its prompt, parameters and output so far; `on_text` gets each piece of text,
+    `on_done` the Completion (or the exception that ended it) on the scheduler's thread."""
+
+    prompt: list[int]
+    window_prompt: list[int]  # the prompt as the window holds it (cut to its budget, see Engine.fit_prompt)
+    params: SamplingParams
+    row: _Row
+    on_text: Callable[[str], None] | None = None
+    on_done: Callable[[Completion | None, BaseException | None], None] | None = None
+    generator: torch.Generator | None = None
+    answer: list[int] = field(default_factory=list)  # the answer tokens in the window (it slides)
+    produced: int = 0
+    next_token: int | None = None  # sampled, not yet in the cache
+    cancelled: bool = False
+    completion: Completion | None = None
+    error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Ends the request before its next token (thread-safe: the scheduler checks it every step)."""
+        self.cancelled = True
+
+
+class Scheduler:
+    """Runs requests submitted from any thread, up to `max_batch` of them decoded together.
+
+    Drive it with `step()` (or `run()` until idle) on one thread, or `serve(stop)` on a background
+    thread, which sleeps while there is nothing to do.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 8) -> None:
+        model = engine.model
+        self.engine, self.max_batch = engine, max_batch
+        self.pool = SlotCache(model.config, max_batch, model.embed.weight.device, model.embed.weight.dtype)
+        self.running: list[Request] = []  # running[i] owns slot i
+        self.waiting: deque[Request] = deque()  # appended from any thread; only step() takes from it
+        self.wake = threading.Condition()
+
+    def submit(self, prompt: list[int], params: SamplingParams, on_text: Callable[[str], None] | None = None,
+               on_done: Callable[[Completion | None, BaseException | None], None] | None = None) -> Request:
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(self.pool.k.device).manual_seed(params.seed)
+        request = Request(prompt, self.engine.fit_prompt(prompt, params), params,
+                          _Row(self.engine.tokenizer.stream_decoder(), params.stop), on_text, on_done, generator)
+        with self.wake:
+            self.waiting.append(request)
+            self.wake.notify()
+        return request
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) requests."""
+        return len(self.running), len(self.waiting)
+
+    def run(self) -> None:
+        """Steps until every submitted request has ended."""
+        while self.running or self.waiting:
+            self.step()
+
+    def serve(self, stop: threading.Event) -> None:
+        """Steps while there is work, sleeps while there is none, until `stop` is set (then cancels the rest)."""
+        while not stop.is_set():
+            with self.wake:
+                while not (self.running or self.waiting or stop.is_set()):
+                    self.wake.wait()
+            if not stop.is_set():
+                try:
+                    self.step()
+                except Exception:  # noqa: BLE001  its requests got the error; the server goes on
+                    traceback.print_exc()
+        for request in [*self.running, *self.waiting]:
+            request.cancel()
+        self.step()
+
+    def wake_up(self) -> None:
+        """Wakes a sleeping `serve` (after its stop event was set)."""
+        with self.wake:
+            self.wake.notify_all()
+
+    @torch.inference_mode()
+    def step(self) -> int:
+        """Drops cancelled requests, admits waiting ones into free slots, decodes one token for every
+        running request. Returns the tokens generated."""
+        try:
+            return self._step()
+        except Exception as exc:  # fail the requests in flight, keep the scheduler usable
+            for request in [*self.running]:
+                self._leave(request, exc)
+            raise
+
+    def _step(self) -> int:
+        for request in [r for r in self.running if r.cancelled]:
+            self._leave(request, Cancelled())
+        produced = 0
+        while self.waiting and len(self.running) < self.max_batch:
+            request = self.waiting.popleft()
+            if request.cancelled:
+                self._finish(request, None, Cancelled())
+            elif request.params.max_new_tokens <= 0:
+                self._finish(request, self._completion(request, "length"), None)
+            else:
+                self.running.append(request)
+                produced += self._prefill(request)
+        if not self.running:
+            return produced
+        n = len(self.running)
+        positions, key_mask = self.pool.begin(n)
+        tokens = torch.tensor([[r.next_token] for r in self.running], device=self.pool.k.device)
+        logits, _ = self.engine.model(tokens, positions=positions, key_mask=key_mask, cache=self.pool)
+        self.pool.end(n)
+        logits = logits[:, -1]
+        greedy = logits.argmax(dim=-1).tolist()
+        for i, request in enumerate(list(self.running)):
+            params = request.params
+            token = greedy[i] if params.temperature <= 0 else int(sample_next(logits[i:i + 1], params, request.generator))
+            produced += 1
+            self._take(request, token)
+        return produced
+
+    def _prefill(self, request: Request) -> int:
+        """Prefills the request's window alone into its slot and takes the token it samples."""
+        window = _Window(self.engine.model, [request.window_prompt + request.answer], self.engine.tokenizer.pad_id)
+        logits = window.prefill()
+        self.pool.store(self.running.index(request), window.cache)
+        self._take(request, int(sample_next(logits, request.params, request.generator)))
+        return 1
+
+    def _take(self, request: Request, token: int) -> None:
+        """One sampled token: text out, then the request finishes, slides its window, or goes on."""
+        request.produced += 1
+        request.answer.append(token)
+        delta = request.row.push(token, self.engine.tokenizer.eot_id)
+        finished = request.row.finish_reason or request.produced >= request.params.max_new_tokens
+        if finished:
+            request.row.finish_reason = request.row.finish_reason or "length"
+            delta += request.row.flush()  # the text held back for a stop string that never came
+        if delta and request.on_text:
+            request.on_text(delta)
+        if finished:
+            self._leave(request, None)
+            return
+        request.next_token = token
+        ctx, prompt = self.engine.model.config.context_size, request.window_prompt
+        if len(prompt) + len(request.answer) > ctx:  # the window is full: slide as Engine.generate does
+            request.answer = request.answer[-slide_keep(len(prompt), ctx + 1):]
+            self._prefill(request)
+
+    def _leave(self, request: Request, error: BaseException | None) -> None:
+        slot, last = self.running.index(request), len(self.running) - 1
+        if slot != last:
+            self.pool.move(last, slot)
+        self.running[slot] = self.running[last]
+        self.running.pop()
+        completion = None if error else self._completion(request, request.row.finish_reason)
+        self._finish(request, completion, error)
+
+    def _completion(self, request: Request, finish_reason: str) -> Completion:
+        request.row.finish_reason = finish_reason
+        return self.engine.completion(request.prompt, request.params, request.row)
+
+    @staticmethod
+    def _finish(request: Request, completion: Completion | None, error: BaseException | None) -> None:
+        request.completion, request.error = completion, error
+        if request.on_done:
+            request.on_done(completion, error)
