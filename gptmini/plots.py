@@ -1,4 +1,4 @@
-"""PNG charts: loss curves of a run (train and validation)."""
+"""PNG charts: loss curves of a run (train and validation; a DPO run's reward margin beside them)."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,15 @@ def plot_loss_curve(metrics_file: Path, png: Path, title: str | None = None) -> 
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title or f"{metrics_file.parent.name}: loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    margins = [r for r in rows if "rewards/margins" in r]
+    if margins:  # a DPO run: how far the chosen answers' reward is ahead of the rejected ones'
+        ax.set_ylabel("DPO loss (per pair)")
+        right = ax.twinx()
+        right.plot([r["step"] for r in margins], [r["rewards/margins"] for r in margins], color="tab:green",
+                   label="reward margin (chosen - rejected)")
+        right.set_ylabel("reward margin")
+        right.legend(loc="upper right")
     fig.tight_layout()
     tmp = png.with_name(png.name + ".tmp.png")
     fig.savefig(tmp)

@@ -111,6 +111,22 @@ def new_tokenizer(spec: str, examples: list[Example], template: Template, vocab_
     return Tokenizer.load(path / "tokenizer.json" if path.is_dir() else path)
 
 
+def load_run(out: Path, device: str, dropout: float | None = None) -> tuple[GPTMini, Tokenizer, Template | None, dict]:
+    """What a resumed fine-tuning run goes on from: the model of out/last (LoRA: the untouched base with the
+    run's adapters), its tokenizer, template and metadata (less the training summary). dropout: rebuild the
+    model with this dropout (DPO trains without)."""
+    ckpt = checkpoint.load(out / "last", device=device)
+    meta = {k: v for k, v in ckpt.meta.items() if k != "training"}
+    net = checkpoint.load(meta["source"]["base"], device=device).model if "lora" in meta else ckpt.model
+    if dropout is not None:
+        config = GPTConfig.from_dict({**net.config.to_dict(), "dropout": dropout})
+        net = checkpoint.build_model(config, checkpoint.weights_state_dict(net)).to(device)
+    if "lora" in meta:  # adapters continue on top of the untouched base
+        lora.add_lora(net, meta["lora"]["rank"], meta["lora"]["alpha"], meta["lora"].get("embeddings", False))
+        lora.load_adapter(net, out / "last")
+    return net, ckpt.tokenizer, ckpt.template, meta
+
+
 def sft(out: str | Path, data: str | Path | None = None, base: str = "none", template: str | None = None,
         fields: str | dict | None = None, val_data: str | Path | None = None, val_fraction: float = 0.05,
         tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "pinned",
@@ -133,13 +149,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     cfg_overrides = dict(train or {})
     if resume:
         cfg = resolve_train_config(out, True, cfg_overrides)
-        ckpt = checkpoint.load(out / "last", device=cfg.device)
-        net, tok, tmpl = ckpt.model, ckpt.tokenizer, ckpt.template
-        meta = {k: v for k, v in ckpt.meta.items() if k != "training"}
-        if "lora" in meta:  # adapters continue on top of the untouched base
-            net = checkpoint.load(meta["source"]["base"], device=cfg.device).model
-            lora.add_lora(net, meta["lora"]["rank"], meta["lora"]["alpha"], meta["lora"].get("embeddings", False))
-            lora.load_adapter(net, out / "last")
+        net, tok, tmpl, meta = load_run(out, cfg.device)
     else:
         tmpl = get_template(template)
         cfg = resolve_train_config(out, False, cfg_overrides)

@@ -1,4 +1,6 @@
-"""The one training loop, shared by pretraining and SFT: they differ only in the batches they feed it.
+"""The one training loop, shared by pretraining, SFT and preference tuning: they differ only in the
+batches they feed it and the objective that turns a micro-batch into a loss (next-token cross-entropy
+by default; DPO's pair loss in dpo.py).
 
 AdamW (fused where available), linear warmup then cosine/linear decay, gradient clipping, gradient
 accumulation with the loss averaged over every counted token of the whole accumulated batch,
@@ -21,7 +23,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -67,10 +69,44 @@ class Batches(Protocol):
     tokens_per_epoch: int  # input tokens in one pass over the training data (for the plan)
     batches_per_epoch: float  # micro-batches in that pass
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def next(self): ...  # a micro-batch, whatever its objective reads: (idx, targets) for NextTokenLoss
     def eval_batches(self, max_batches: int): ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class Objective(Protocol):
+    """What a micro-batch's loss is. The loop sums `loss` over a step's micro-batches, divides by the units
+    counted in all of them (trained tokens, pairs), and logs the metrics averaged the same way."""
+
+    def sizes(self, batch) -> tuple[int, int, int]: ...  # (units the loss averages over, input tokens, trained tokens)
+    def loss(self, forward, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]: ...  # sums
+
+
+class NextTokenLoss:
+    """Pretraining's and SFT's objective: cross-entropy on the targets that are not -100."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def sizes(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[int, int, int]:
+        idx, targets = batch
+        counted = int((targets != IGNORE_INDEX).sum())
+        return counted, int((idx != self.pad_id).sum()), counted
+
+    def loss(self, forward, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
+        idx, targets = (t.to(device, non_blocking=True) for t in batch)
+        # Training takes the fused head; under no_grad (validation) the model computes the logits path.
+        _, loss_sum = forward(idx, targets, loss_reduction="sum", return_logits=False)
+        return loss_sum, {}
+
+
+class StepResult(NamedTuple):
+    loss: float  # mean over the step's counted units
+    tokens: int  # input tokens that are not padding
+    trained: int  # tokens whose loss counts
+    counted: int  # units the loss is averaged over (trained tokens; pairs for DPO)
+    metrics: dict  # the objective's metrics, averaged like the loss
 
 
 def lr_at(step: int, cfg: TrainConfig, total: float | None = None) -> float:
@@ -194,8 +230,9 @@ def graceful_interrupt(trainer: "Trainer"):
 
 class Trainer:
     def __init__(self, model: GPTMini, tokenizer: Tokenizer, train: Batches, val: Batches | None,
-                 cfg: TrainConfig, out: str | Path, meta: dict | None = None) -> None:
+                 cfg: TrainConfig, out: str | Path, meta: dict | None = None, objective: Objective | None = None) -> None:
         self.model, self.tokenizer, self.train_batches, self.val_batches = model, tokenizer, train, val
+        self.objective = objective or NextTokenLoss(tokenizer.pad_id)
         self.cfg, self.out, self.meta = cfg, Path(out), dict(meta or {})
         self.world = world(cfg.device)
         if cfg.grad_accum % self.world.size:
@@ -217,30 +254,31 @@ class Trainer:
         self.metrics_file = self.out / "metrics.jsonl"
 
     # -- one optimisation step ------------------------------------------------------------
-    def train_step(self, lr: float) -> tuple[float, int, int]:
-        """One optimiser step over grad_accum micro-batches; returns (mean loss, tokens, trained tokens)."""
+    def train_step(self, lr: float) -> StepResult:
+        """One optimiser step over grad_accum micro-batches."""
         micro = [self.train_batches.next() for _ in range(self.cfg.grad_accum)]
-        counted = sum(int((t != IGNORE_INDEX).sum()) for _, t in micro)
+        counted, tokens, trained = (sum(column) for column in zip(*map(self.objective.sizes, micro)))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        total = 0.0
+        total, sums = 0.0, {}
         mine = micro[self.world.rank::self.world.size]
-        for i, (idx, targets) in enumerate(mine):
-            idx, targets = idx.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        for i, batch in enumerate(mine):
             sync = nullcontext() if i == len(mine) - 1 or self.world.size == 1 else self.train_forward.no_sync()
             with self.autocast(), sync:
-                _, loss_sum = self.train_forward(idx, targets, loss_reduction="sum", return_logits=False)
+                loss_sum, metrics = self.objective.loss(self.train_forward, batch, self.device)
                 # DDP averages gradients over processes; scaling by their number makes it a sum.
                 (loss_sum * self.world.size / max(counted, 1)).backward()
             total += loss_sum.item()
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value
         total = self.world.sum(total)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(int((i != self.tokenizer.pad_id).sum()) for i, _ in micro)
-        return total / max(counted, 1), tokens, counted
+        metrics = {name: self.world.sum(value) / max(counted, 1) for name, value in sums.items()}
+        return StepResult(total / max(counted, 1), tokens, trained, counted, metrics)
 
     def autocast(self):
         if self.cfg.bf16:
@@ -248,17 +286,20 @@ class Trainer:
         return nullcontext()
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
+    def evaluate(self) -> tuple[float | None, dict]:
+        """The validation loss and the objective's metrics on the validation data (None, {} without it)."""
         if self.val_batches is None:
-            return None
+            return None, {}
         self.model.eval()
-        total, count = 0.0, 0
-        for idx, targets in self.val_batches.eval_batches(self.cfg.eval_batches):
+        total, count, sums = 0.0, 0, {}
+        for batch in self.val_batches.eval_batches(self.cfg.eval_batches):
             with self.autocast():
-                _, loss_sum = self.forward(idx.to(self.device), targets.to(self.device), loss_reduction="sum")
+                loss_sum, metrics = self.objective.loss(self.forward, batch, self.device)
             total += loss_sum.item()
-            count += int((targets != IGNORE_INDEX).sum())
-        return total / max(count, 1)
+            count += self.objective.sizes(batch)[0]
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value
+        return total / max(count, 1), {name: value / max(count, 1) for name, value in sums.items()}
 
     # -- the plan -------------------------------------------------------------------------
     def planned_steps(self) -> float:
@@ -326,35 +367,39 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
                    disable=not (cfg.show_progress and self.world.main),
                    dynamic_ncols=True)
-        window = {"loss": 0.0, "trained": 0, "tokens": 0, "time": 0.0}
+        window = {"loss": 0.0, "counted": 0, "trained": 0, "tokens": 0, "time": 0.0}
         stopped = None
         with graceful_interrupt(self), bar:
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
                 lr = lr_at(self.step, cfg, self.planned_steps())
-                loss, tokens, trained = self.train_step(lr)
+                result = self.train_step(lr)
+                loss = result.loss
                 if not math.isfinite(loss):
                     raise GptminiError(f"loss became {loss} at step {self.step + 1}; the last good checkpoint is kept in "
                                        f"{self.out / 'last'}; lower --lr or check the data")
                 self.step += 1
                 spent = self.step_time(started)
                 self.elapsed += spent
-                self.tokens += tokens
-                self.trained_tokens += trained
-                for key, value in (("loss", loss * trained), ("trained", trained), ("tokens", tokens), ("time", spent)):
-                    window[key] += value
+                self.tokens += result.tokens
+                self.trained_tokens += result.trained
+                counted = result.counted
+                for key, value in (("loss", loss * counted), ("counted", counted), ("trained", result.trained),
+                                   ("tokens", result.tokens), ("time", spent),
+                                   *((name, value * counted) for name, value in result.metrics.items())):
+                    window[key] = window.get(key, 0.0) + value
                 self.track_pace(spent, bar)
                 bar.update(1)
                 if self.world.any(self.stop_requested):
                     stopped = "interrupted"
                 elif self.world.any(bool(cfg.max_time) and self.elapsed >= cfg.max_time):
                     stopped = "time limit"
-                val = None
+                val, val_metrics = None, {}
                 # A time-boxed run ends annealed: its last model is validated (and may be the best).
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps or stopped == "time limit":
-                    val = self.evaluate()
+                    val, val_metrics = self.evaluate()
                 if self.step % cfg.log_every == 0 or val is not None or self.step == cfg.max_steps or stopped:
-                    self.log(window, lr, val, bar)
+                    self.log(window, lr, val, bar, val_metrics)
                     window = dict.fromkeys(window, 0.0)
                 if val is not None and val < self.best_val:
                     self.best_val = val
@@ -390,14 +435,18 @@ class Trainer:
         if self.cfg.max_time:
             bar.total = max(self.step + 1, math.ceil(self.planned_steps()))
 
-    def log(self, window: dict, lr: float, val: float | None, bar: tqdm) -> None:
+    def log(self, window: dict, lr: float, val: float | None, bar: tqdm, val_metrics: dict | None = None) -> None:
         if not self.world.main:
             return
+        counted = max(window["counted"], 1)
         record = {"step": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
-                  "train_loss": round(window["loss"] / max(window["trained"], 1), 5), "val_loss": val,
+                  "train_loss": round(window["loss"] / counted, 5), "val_loss": val,
                   "lr": lr, "tokens_per_s": round(window["tokens"] / max(window["time"], 1e-9), 1)}
+        standard = {"loss", "counted", "trained", "tokens", "time"}
+        record.update({name: round(value / counted, 5) for name, value in window.items() if name not in standard})
         if val is not None:
             record["val_loss"] = round(val, 5)
+            record.update({f"val_{name}": round(value, 5) for name, value in (val_metrics or {}).items()})
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",

@@ -135,8 +135,8 @@ def test_gradient_accumulation_averages_over_all_counted_tokens(tmp_path):
         net.load_state_dict(model.state_dict())
         trainer = Trainer(net, tokenizer=type("T", (), {"pad_id": -1})(), train=Fixed(batches), val=None,
                           cfg=TrainConfig(grad_accum=accum, grad_clip=0, weight_decay=0), out=tmp_path)
-        loss, _, counted = trainer.train_step(lr=1e-2)
-        return loss, counted, net.state_dict()
+        result = trainer.train_step(lr=1e-2)
+        return result.loss, result.counted, net.state_dict()
 
     loss_a, counted_a, after_a = step(micro, 2)
     loss_b, counted_b, after_b = step([(x, y)], 1)
@@ -149,8 +149,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corp
     original = Trainer.train_step
 
     def explode_at_4(self, lr):
-        loss, tokens, counted = original(self, lr)
-        return (math.nan if self.step == 3 else loss), tokens, counted
+        result = original(self, lr)
+        return result._replace(loss=math.nan) if self.step == 3 else result
 
     monkeypatch.setattr(Trainer, "train_step", explode_at_4)
     with pytest.raises(GptminiError, match="loss became nan at step 4; the last good checkpoint is kept"):

@@ -1,11 +1,12 @@
-"""Batches for the one training loop: pretraining windows and instruction examples.
+"""Batches for the one training loop: pretraining windows, instruction examples, preference pairs.
 
-Each source hands out micro-batches `(idx, targets)` and can save/restore its position as JSON,
-so a resumed run sees exactly the batches the uninterrupted run would have seen.
+Each source hands out micro-batches (`(idx, targets)`; a PairBatch for DPO) and can save/restore its
+position as JSON, so a resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -144,6 +145,17 @@ def _label_windows(ids: list[int], labels: list[int], length: int) -> list[tuple
     return out
 
 
+def pad_rows(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (inputs, targets): inputs ids[:-1], targets labels[1:] (-100 on the padding)."""
+    width = max(len(ids) for ids, _ in sequences) - 1
+    idx = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, labels) in enumerate(sequences):
+        idx[row, :len(ids) - 1] = torch.tensor(ids[:-1])
+        targets[row, :len(ids) - 1] = torch.tensor(labels[1:])
+    return idx, targets
+
+
 class ExampleBatches:
     """Length-grouped batches of whole examples, right-padded: no example attends to another.
 
@@ -167,20 +179,17 @@ class ExampleBatches:
         order = rng.permutation(len(self.sequences))
         batches = []
         for i in range(0, len(order), self.group):
-            chunk = sorted(order[i:i + self.group], key=lambda j: len(self.sequences[j][0]))
+            chunk = sorted(order[i:i + self.group], key=self.length)
             batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
+    def length(self, j: int) -> int:
+        """Tokens of example j (what batches are grouped by)."""
+        return len(self.sequences[j][0])
+
     def collate(self, members: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) for next-token prediction: inputs ids[:-1], targets labels[1:]."""
-        width = max(len(self.sequences[j][0]) for j in members) - 1
-        idx = torch.full((len(members), width), self.pad_id, dtype=torch.long)
-        targets = torch.full((len(members), width), IGNORE_INDEX, dtype=torch.long)
-        for row, j in enumerate(members):
-            ids, labels = self.sequences[j]
-            idx[row, :len(ids) - 1] = torch.tensor(ids[:-1])
-            targets[row, :len(ids) - 1] = torch.tensor(labels[1:])
-        return idx, targets
+        return pad_rows([self.sequences[j] for j in members], self.pad_id)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.index == len(self._order):
@@ -197,16 +206,17 @@ class ExampleBatches:
         """Fraction of computed positions that are padding, over one epoch."""
         computed = real = 0
         for members in self._epoch_batches(0):
-            lengths = [len(self.sequences[j][0]) - 1 for j in members]
+            lengths = [self.length(j) - 1 for j in members]
             computed += max(lengths) * len(lengths)
             real += sum(lengths)
         return 1 - real / computed
 
-    def eval_batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every example once, sorted by length (validation sets are small; max_batches is ignored)."""
-        order = sorted(range(len(self.sequences)), key=lambda j: len(self.sequences[j][0]))
-        for i in range(0, len(order), self.batch_size):
-            yield self.collate(order[i:i + self.batch_size])
+    def eval_batches(self, max_batches: int | None = None, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every example once, sorted by length (validation sets are small; max_batches is ignored), in
+        batches of batch_size (default: the training batch size)."""
+        order, size = sorted(range(len(self.sequences)), key=self.length), batch_size or self.batch_size
+        for i in range(0, len(order), size):
+            yield self.collate(order[i:i + size])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -214,3 +224,35 @@ class ExampleBatches:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
         self._order = self._epoch_batches(self.epoch)
+
+
+class PairBatch(NamedTuple):
+    """B preference pairs as 2B rows: the chosen answers, then the rejected ones in the same order."""
+    idx: torch.Tensor  # (2B, T) inputs
+    targets: torch.Tensor  # (2B, T) next tokens, -100 outside the answers and their end-of-text
+    index: torch.Tensor  # (B,) the pairs' positions in the data
+    reference: torch.Tensor | None  # (2B,) the reference model's sequence log-probabilities, once cached
+
+
+class PairBatches(ExampleBatches):
+    """Length-grouped batches of preference pairs (ExampleBatches' order, grouped by the longer answer).
+
+    `sequences` holds (chosen, rejected) per pair, each an (ids, labels) sequence; `reference`, an (N, 2)
+    tensor of the reference model's log-probabilities of both, is attached once computed (dpo.py).
+    """
+
+    def __init__(self, pairs: list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]], batch_size: int,
+                 seed: int, pad_id: int) -> None:
+        super().__init__(pairs, batch_size, seed, pad_id)
+        self.tokens_per_epoch = sum(len(seq[0]) - 1 for pair in pairs for seq in pair)
+        self.reference: torch.Tensor | None = None
+
+    def length(self, j: int) -> int:
+        return max(len(seq[0]) for seq in self.sequences[j])
+
+    def collate(self, members: list[int]) -> PairBatch:
+        rows = [self.sequences[j][0] for j in members] + [self.sequences[j][1] for j in members]
+        idx, targets = pad_rows(rows, self.pad_id)
+        index = torch.tensor(members, dtype=torch.long)
+        reference = None if self.reference is None else self.reference[index].t().flatten()
+        return PairBatch(idx, targets, index, reference)

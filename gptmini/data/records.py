@@ -77,13 +77,14 @@ RECOGNISED = ("instruction/response, alpaca instruction/input/output, prompt/com
               "pergunta/resposta, messages, ShareGPT conversations")
 
 
-def parse_fields(spec: str | None) -> dict[str, str]:
-    """"instruction=pergunta,response=resposta" -> {"instruction": "pergunta", "response": "resposta"}."""
-    mapping = dict(DEFAULT_FIELDS)
+def parse_fields(spec: str | None, defaults: dict[str, str] = DEFAULT_FIELDS) -> dict[str, str]:
+    """"instruction=pergunta,response=resposta" -> {"instruction": "pergunta", "response": "resposta"}
+    (with the other names of `defaults` as they are there)."""
+    mapping = dict(defaults)
     for part in filter(None, (spec or "").split(",")):
         key, sep, value = part.partition("=")
-        if not sep or key.strip() not in DEFAULT_FIELDS or not value.strip():
-            raise GptminiError(f"--fields {spec!r}: expected NAME=COLUMN pairs with NAME in {sorted(DEFAULT_FIELDS)}")
+        if not sep or key.strip() not in defaults or not value.strip():
+            raise GptminiError(f"--fields {spec!r}: expected NAME=COLUMN pairs with NAME in {sorted(defaults)}")
         mapping[key.strip()] = value.strip()
     return mapping
 

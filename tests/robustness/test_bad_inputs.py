@@ -43,6 +43,12 @@ def world(tmp_path_factory):
         "extra_values.csv": "pergunta,resposta\nOi,Olá, tudo bem?\n",
         "not_a_list.json": '{"instruction": "a"}',
         "good.jsonl": GOOD,
+        # Preference pairs (dpo): each problem names its line.
+        "no_rejected.jsonl": '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n',
+        "prompt_only.jsonl": '{"prompt": "a"}\n',
+        "number_pair.jsonl": '{"prompt": "a", "chosen": [5], "rejected": "c"}\n',
+        "same_pair.jsonl": '{"prompt": "a", "chosen": "b", "rejected": "b"}\n',
+        "good_pair.jsonl": '{"prompt": "a", "chosen": "b", "rejected": "c"}\n',
     }
     for name, text in files.items():
         (root / name).write_text(text, encoding="utf-8")
@@ -93,6 +99,21 @@ def case_args(root: Path) -> dict[str, tuple[list, str]]:
     # Numeric flags out of range stop at parsing, before any data or model is read.
     cases["sft:val_fraction_20"] = ([*data("good.jsonl"), "--val-fraction", "20"], "--val-fraction: must be a number in [0, 1)")
     cases["sft:epochs_and_max_steps"] = ([*data("good.jsonl"), "--epochs", "3", "--max-steps", "50"], "give one of them")
+    dpo = lambda name: ["dpo", "--base", c("ckpt"), "--data", c(name), "--out", c("out/dpo")]  # noqa: E731
+    pair_errors = {"no_rejected.jsonl": "no_rejected.jsonl:2: record lacks field 'rejected'",
+                   "prompt_only.jsonl": "prompt_only.jsonl:1: record lacks field 'chosen'",
+                   "number_pair.jsonl": "number_pair.jsonl:1: field 'chosen' must be text",
+                   "same_pair.jsonl": "same_pair.jsonl:1: chosen equals rejected", "empty.jsonl": "empty.jsonl",
+                   "binary.jsonl": "binary.jsonl:2: not UTF-8", "truncated.json": "truncated.json:1"}
+    for name, expected in pair_errors.items():
+        cases[f"dpo:{name}"] = (dpo(name), expected)
+    cases["dpo:no_base"] = (["dpo", "--data", c("good.jsonl"), "--out", c("out/dpo")], "--base is required")
+    cases["dpo:corrupt_base"] = (["dpo", "--base", c("corrupt_weights"), "--data", c("good_pair.jsonl"), "--out",
+                                  c("out/dpo")], "corrupt_weights")
+    for name in ("binary.jsonl", "wrong_fields.jsonl"):
+        cases[f"pairs:{name}"] = (["pairs", "--model", c("ckpt"), "--data", c(name), "--out", c("out/p.jsonl")], name)
+    cases["pairs:corrupt"] = (["pairs", "--model", c("corrupt_weights"), "--data", c("good.jsonl"), "--out",
+                               c("out/p.jsonl")], "corrupt_weights")
     cases["sft:lr_negative"] = ([*data("good.jsonl"), "--lr", "-0.001"], "--lr: must be a number > 0")
     cases["pretrain:batch_size_0"] = (["pretrain", "--out", c("out/pre"), "--batch-size", "0"], "--batch-size: must be an integer > 0")
     cases["generate:top_p_2"] = (["generate", "--model", c("ckpt"), "--top-p", "2", "hi"], "--top-p: must be a number in (0, 1]")
