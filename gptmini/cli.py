@@ -82,6 +82,18 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="end the answer where this string appears (not printed); repeatable")
 
 
+def add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=["int8"], help="int8: weight-only int8 products (CPU), a quarter of the "
+                                                       "weight bytes per token (default: none, float32)")
+
+
+def add_record_format_args(p: argparse.ArgumentParser) -> None:
+    """--fields and --encoding of a verb that reads instruction records from --data."""
+    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (default: "
+                                    "recognised from the file)")
+    p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
+
+
 def sampling_params(args: argparse.Namespace):
     from .engine import SamplingParams
 
@@ -121,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     ckpt = load(args.model, device=args.device)
     template = get_template(args.template) if args.template else ckpt.template
-    engine = Engine(ckpt.model, ckpt.tokenizer, template)
+    engine = Engine(ckpt.model, ckpt.tokenizer, template, args.quantize)
     params = sampling_params(args)
     prompts = list(args.prompt) + (read_prompts(args.file, args.encoding) if args.file else [])
     piped = not prompts and not args.file and not sys.stdin.isatty()
@@ -153,7 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .checkpoint import resolve_run
     from .data.templates import get_template
-    from .evaluate import metrics_table, read_eval_data, run_eval
+    from .evaluate import metrics_table, quantization_summary, read_eval_data, run_eval
 
     records = read_eval_data(args.data, args.fields, args.encoding)
     print(f"data: {records.report()}")
@@ -161,9 +173,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # Beside the checkpoint, not inside it: a resumed run rewrites last/ and would delete the report.
     out = Path(args.out or model.parent / "eval" / model.name)
     template = get_template(args.template) if args.template else None
-    reports = run_eval([model, *args.compare], records.examples, out, sampling_params(args), template,
-                       args.batch_size, records.skipped, args.device, show_progress=not args.no_progress)
+    compare_fp32 = args.quantize is not None and args.compare is not None
+    reports = run_eval([model, *(args.compare or [])], records.examples, out, sampling_params(args), template,
+                       args.batch_size, records.skipped, args.device, not args.no_progress, args.quantize,
+                       compare_fp32)
     print(metrics_table(reports))
+    if compare_fp32:
+        print(quantization_summary(reports[0], reports[1]))
     charts = [name for name in ("metrics.png", "loss_curves.png") if (out / name).is_file()]
     print(f"report: {out / 'report.md'} (+ report.json, {', '.join(charts)})")
 
@@ -180,7 +196,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
         template = get_template()
         print(f"note: {args.model} has no template (a base model?); using {template.name!r} (--template to choose)",
               file=sys.stderr)
-    run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template), args.system), sampling_params(args))
+    run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template, args.quantize), args.system),
+             sampling_params(args))
 
 
 # name: (type, help). Their parser defaults are None, so that only the flags given override a resumed run's
@@ -218,16 +235,19 @@ TRAIN_FLAGS = {
 }
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
+def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, train_defaults: dict | None = None) -> None:
+    """The training flags; model_flags=False for a verb whose model is always a checkpoint's (dpo);
+    train_defaults: the verb's own defaults for some TrainConfig fields (shown in the help)."""
     from .pretrain import DEFAULT_MODEL
     from .train import TrainConfig
 
-    model = p.add_argument_group("model (a new model only; a resumed or fine-tuned one keeps its shape)")
-    model.add_argument("--config", help="JSON file of model config fields; flags given too win (default: none)")
-    for name, (kind, text) in MODEL_FLAGS.items():
-        shown = default_is(DEFAULT_MODEL[name]) if name in DEFAULT_MODEL else ""
-        model.add_argument("--" + name.replace("_", "-"), type=kind, help=text + shown)
-    defaults = TrainConfig()
+    if model_flags:
+        model = p.add_argument_group("model (a new model only; a resumed or fine-tuned one keeps its shape)")
+        model.add_argument("--config", help="JSON file of model config fields; flags given too win (default: none)")
+        for name, (kind, text) in MODEL_FLAGS.items():
+            shown = default_is(DEFAULT_MODEL[name]) if name in DEFAULT_MODEL else ""
+            model.add_argument("--" + name.replace("_", "-"), type=kind, help=text + shown)
+    defaults = TrainConfig(**(train_defaults or {}))
     train = p.add_argument_group("training", "with --resume the run's saved values are the defaults; flags given win")
     for name, (kind, text) in TRAIN_FLAGS.items():
         shown = default_is(getattr(defaults, name)) if getattr(defaults, name) is not None else ""
@@ -292,6 +312,22 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print_summary(summary, args.out)
 
 
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from .dpo import dpo
+
+    summary = dpo(args.out, args.data, args.base, args.fields, args.val_data, args.val_fraction, args.template,
+                  args.beta, args.loss, args.label_smoothing, args.epochs, train_overrides(args), args.resume,
+                  args.overwrite, args.lora_rank, args.lora_alpha, args.lora_embeddings, encoding=args.encoding)
+    print_summary(summary, args.out)
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from .pairs import make_pairs
+
+    make_pairs(args.model, args.data, args.out, args.similar, args.fields, args.encoding, args.batch_size,
+               args.max_new_tokens, args.device, show_progress=not args.no_progress)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import demo
 
@@ -300,9 +336,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .hf import export
+    if args.format == "gguf":
+        if args.adapter:
+            raise GptminiError("--adapter writes PEFT files for transformers: use it with --format hf; "
+                               "--format gguf exports the run's merged weights")
+        from .gguf_export import MODELFILE, export_gguf
 
-    print(f"wrote {export(args.model, args.out)} (transformers LlamaForCausalLM + tokenizer)")
+        out = export_gguf(args.model, args.out, args.dtype)
+        print(f"wrote {out} (GGUF, {args.dtype}; llama.cpp, Ollama) and {out.parent / MODELFILE} "
+              f"(ollama create NAME -f {out.parent / MODELFILE})")
+        return
+    if args.dtype != "f32":
+        raise GptminiError(f"--dtype {args.dtype} applies to --format gguf; the transformers export is f32")
+    from .hf import export, export_adapter
+
+    if args.adapter:
+        print(f"wrote {export_adapter(args.model, args.out)} (PEFT LoRA adapter) beside {Path(args.out) / 'base'} "
+              "(its base, transformers LlamaForCausalLM + tokenizer)")
+    else:
+        print(f"wrote {export(args.model, args.out)} (transformers LlamaForCausalLM + tokenizer)")
 
 
 def cmd_import_hf(args: argparse.Namespace) -> None:
@@ -319,7 +371,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                            "pip install 'gptmini[serve]'") from None
 
     run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
-               workers=args.workers, queue_size=args.queue_size, device=args.device)
+               max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,22 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (--file, stdin)")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
+    add_quantize_arg(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = verb("eval", "score answers against references; compare checkpoints side by side")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--data", required=True, help="records in any format sft accepts (the last answer is the reference)")
-    p.add_argument("--compare", nargs="*", default=[], help="more checkpoints to put beside --model")
-    p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (default: "
-                                    "recognised from the file)")
-    p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
+    p.add_argument("--compare", nargs="*", help="more checkpoints to put beside --model; with --quantize, also --model "
+                                                "in float32, and a line comparing loss and answers (default: none)")
+    add_record_format_args(p)
     p.add_argument("--template", help="template for checkpoints without one, a base model (default: the first "
                                       "template among the models)")
     p.add_argument("--out", help="report folder (default: beside the checkpoint, RUN/eval/last for RUN/last)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
+    add_quantize_arg(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -370,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "a model without one)")
     p.add_argument("--system", help="system message, said before the conversation (default: none)")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
+    add_quantize_arg(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
@@ -421,20 +475,76 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
 
+    from .dpo import DEFAULT_BETA, DEFAULT_VAL_FRACTION, DPO_TRAIN, LOSSES
+
+    p = verb("dpo", "preference-tune an assistant on (prompt, chosen, rejected) pairs (DPO)")
+    p.add_argument("--base", help="the checkpoint to tune (dir or run folder), e.g. an SFT run; also the frozen "
+                                  "reference (required, except with --resume)")
+    p.add_argument("--data", required=True, help="preference pairs, JSON/JSONL/CSV/TSV: {prompt, chosen, rejected} "
+                                                 "texts, or TRL's conversational lists of messages")
+    p.add_argument("--out", required=True, help=out_help + ", and reference.safetensors (the cached reference)")
+    p.add_argument("--fields", help="column names, e.g. prompt=pergunta,chosen=boa,rejected=ruim (default: "
+                                    "prompt, chosen, rejected)")
+    p.add_argument("--encoding", help="text encoding of --data and --val-data (default UTF-8; e.g. latin-1)")
+    p.add_argument("--val-data", help="separate validation pairs (default: none, --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=FRACTION, help="share of --data held out for validation (without "
+                                                         f"--val-data){default_is(DEFAULT_VAL_FRACTION)}")
+    p.add_argument("--template", help="template of a --base that has none (default: the base's own)")
+    p.add_argument("--beta", type=POSITIVE, help="how far the model may move from the reference: the DPO "
+                                                 f"temperature; IPO's tau{default_is(DEFAULT_BETA)}")
+    p.add_argument("--loss", choices=LOSSES, help="sigmoid: DPO; ipo: IPO, log-ratios averaged per token as in "
+                                                  "TRL (default: sigmoid)")
+    p.add_argument("--label-smoothing", type=ranged(float, 0, 0.5),
+                   help="conservative DPO: the share of pairs assumed mislabelled (default: 0.0)")
+    p.add_argument("--epochs", type=POSITIVE, help="train for this many passes over the pairs, instead of "
+                                                   "--max-steps: giving both is an error (default: by --max-steps)")
+    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight; "
+                                                          "the reference stays the base (default: off)")
+    p.add_argument("--lora-alpha", type=POSITIVE, help="LoRA scaling numerator (default 2 x rank)")
+    p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
+    add_training_args(p, model_flags=False, train_defaults=DPO_TRAIN)
+    p.set_defaults(func=cmd_dpo)
+
+    p = verb("pairs", "make preference pairs from instruction records: the model's own wrong answers as rejected")
+    p.add_argument("--model", required=True, help="the assistant checkpoint (dir or run folder) whose answers to use")
+    p.add_argument("--data", required=True, help="instruction records in any format sft reads")
+    p.add_argument("--out", required=True, help="JSONL file of pairs to write ({prompt, chosen, rejected})")
+    p.add_argument("--similar", action="store_true", help="also pair each record's answer (chosen) with the answer "
+                                                          "of the most similar other instruction (rejected)")
+    add_record_format_args(p)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128, help="most tokens per answer")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
+    p.set_defaults(func=cmd_pairs)
+
     p = verb("serve", "OpenAI-compatible HTTP API and a web chat page")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 is this machine only")
     p.add_argument("--port", type=ranged(int, 0, 65535, high_open=False), default=8000, help="port to listen on")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: none, open)")
     p.add_argument("--max-tokens", type=POSITIVE_INT, default=256, help="cap on max_tokens per request")
-    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="generation threads")
+    p.add_argument("--max-batch", type=POSITIVE_INT, default=8,
+                   help="requests decoded together, one batched step per token; on a CPU a step of 8 costs about "
+                        "2x a step of 1 (the weights stream once for all), beyond ~16 each user's latency grows")
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
+    add_quantize_arg(p)
     p.set_defaults(func=cmd_serve)
 
-    p = verb("export", "write a checkpoint as a Hugging Face transformers (Llama) model")
+    p = verb("export", "write a checkpoint as a Hugging Face transformers (Llama) model, or as GGUF for "
+                       "llama.cpp / Ollama")
     p.add_argument("--model", required=True, help="gptmini checkpoint directory (or run folder)")
-    p.add_argument("--out", required=True, help="directory for the transformers model")
+    p.add_argument("--out", required=True, help="hf: directory for the transformers model; gguf: the .gguf file "
+                                                "(an Ollama Modelfile is written beside it)")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: transformers LlamaForCausalLM; gguf: one file for llama.cpp, Ollama, LM Studio "
+                        "(byte-level BPE checkpoints only)")
+    p.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f32",
+                   help="GGUF weight type: f32 exact, f16 half the size, q8_0 (8-bit blocks) about a quarter")
+    p.add_argument("--adapter", action="store_true",
+                   help="for a LoRA run: OUT/adapter in PEFT's format (adapter_config.json + "
+                        "adapter_model.safetensors) and its base model in OUT/base")
     p.set_defaults(func=cmd_export)
 
     p = verb("import-hf", "convert a local Hugging Face Llama-family model to a gptmini checkpoint")

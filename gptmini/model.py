@@ -93,7 +93,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        qkv = self.qkv(x).to(x.dtype).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # int8: from bf16
         rotary = RotaryQKV.apply if qkv.requires_grad else rotary_qkv  # inference: skip autograd's bookkeeping
         q, k, v = (t.transpose(1, 2) for t in rotary(qkv, cos, sin, self.n_heads, self.n_kv_heads))
         if cache is not None:
@@ -188,7 +188,8 @@ class GPTMini(nn.Module):
         positions: (B, T) rotary positions when rows are left-padded (default: consecutive).
         key_mask: (B, S) True for real tokens, for left-padded batches (S = cache length + T).
         loss_reduction: "mean" over counted targets, or "sum" so that a caller can divide by the
-        count of a whole accumulated batch.
+        count of a whole accumulated batch, or "row": (B,) sums per sequence (DPO's log-probabilities,
+        negated), with logits (returned None) computed only where a target counts.
         return_logits=False (training): logits come back None and the loss takes the fused
         chunked head (LinearCrossEntropy), which is faster and lighter.
         """
@@ -213,6 +214,11 @@ class GPTMini(nn.Module):
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
+        if targets is not None and loss_reduction == "row":
+            counted = targets != IGNORE_INDEX
+            nll = torch.zeros(B, T, device=idx.device)
+            nll[counted] = F.cross_entropy(self.lm_head(x[counted]).float(), targets[counted], reduction="none")
+            return None, nll.sum(dim=1)
         if targets is not None and not return_logits and torch.is_grad_enabled():
             total = LinearCrossEntropy.apply(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
             return None, total if loss_reduction == "sum" else total / (targets != IGNORE_INDEX).sum().clamp(min=1)
