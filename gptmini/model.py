@@ -93,7 +93,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        qkv = self.qkv(x).to(x.dtype).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # int8: from bf16
+        qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
         rotary = RotaryQKV.apply if qkv.requires_grad else rotary_qkv  # inference: skip autograd's bookkeeping
         q, k, v = (t.transpose(1, 2) for t in rotary(qkv, cos, sin, self.n_heads, self.n_kv_heads))
         if cache is not None:

@@ -4,10 +4,9 @@ Decoding a token streams every weight from memory for a handful of FLOPs, so a q
 bytes is most of the win. The products run in PyTorch's own weight-only int8 kernel
 (`aten._weight_int8pack_mm`, the one torchao's int8 weight-only mode calls on CPU); its fast CPU
 path takes bfloat16 activations (float32 ones fall to a scalar loop ~10x slower), so each product
-rounds its input to bfloat16 and returns bfloat16, as the kernel does. The model keeps float32
-where it matters: the norms, attention and its cache, the residual stream (a bfloat16 output added
-to it is promoted) and the embedding; the SwiGLU between the MLP's two products runs in bfloat16,
-and the logits come back bfloat16. `gptmini eval --quantize int8 --compare` measures what it costs.
+rounds its input to bfloat16 and its bfloat16 result goes back to float32: the rest of the model
+(norms, attention and its cache, the residual stream, SwiGLU, the logits that greedy decoding
+compares) stays float32, and the quantized model is a drop-in for the float32 one. `gptmini eval --quantize int8 --compare` measures what it costs.
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ QUANTIZE_CHOICES = ("int8",)
 
 
 class Int8Linear(nn.Module):
-    """y = x @ (int8 weight * per-row scale).T in bfloat16, the weight stored as int8 (out, in)."""
+    """y = x @ (int8 weight * per-row scale).T, computed in bfloat16, the weight stored as int8 (out, in)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -36,7 +35,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight,
                                                self.scales)
-        return y.view(*x.shape[:-1], self.out_features)
+        return y.view(*x.shape[:-1], self.out_features).float()
 
 
 def quantize(model: GPTMini, mode: str | None) -> GPTMini:
