@@ -216,7 +216,7 @@ MODEL_FLAGS = {
 }
 TRAIN_FLAGS = {
     "max_steps": (POSITIVE_INT, "optimiser steps of the run (with --resume: the step to reach)"),
-    "batch_size": (POSITIVE_INT, "sequences per micro-batch"),
+    "batch_size": (POSITIVE_INT, "sequences per micro-batch (dpo: pairs, each a chosen and a rejected sequence)"),
     "grad_accum": (POSITIVE_INT, "micro-batches per optimiser step: a step sees --batch-size x this sequences"),
     "lr": (POSITIVE, "peak learning rate, reached after the warmup"),
     "warmup_steps": (NONNEGATIVE_INT, "steps of linear warmup (default: a 20th of the run, at most 100)"),

@@ -42,7 +42,9 @@ from .train import Trainer, TrainConfig, no_validation_note, prepare_output
 LOSSES = ("sigmoid", "ipo")
 DEFAULT_BETA = 0.1
 DEFAULT_VAL_FRACTION = 0.05
-DPO_TRAIN = {"lr": 1e-4, "batch_size": 8, "eval_every": 50, "save_every": 100}  # a new run's defaults
+# A new run's defaults. lr: DPO moves an already tuned model, so a tenth of SFT's; on the demo assistant
+# 1e-4 cost most held-out answers (30 % exact match against 87 %) and 1e-5 at most one or two (README).
+DPO_TRAIN = {"lr": 1e-5, "batch_size": 8, "eval_every": 50, "save_every": 100}
 REFERENCE = "reference.safetensors"
 Sequence = tuple[list[int], list[int]]  # (ids, labels)
 

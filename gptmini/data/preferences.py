@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GptminiError
-from .records import EmptyField, _Converter, _raw_records, parse_fields
+from .records import EmptyField, Converter, raw_records, parse_fields
 
 PAIR_FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 PAIR_FIELDS_HINT = "--fields prompt=COLUMN,chosen=COLUMN,rejected=COLUMN"
@@ -53,7 +53,7 @@ class Pairs:
         return "; ".join(parts)
 
 
-def _answer(converter: _Converter, value: object, name: str, where: str) -> list[dict]:
+def _answer(converter: Converter, value: object, name: str, where: str) -> list[dict]:
     """A conversational answer: assistant messages, not all blank."""
     messages = converter.message_list(value, name, where)
     if any(m["role"] != "assistant" for m in messages):
@@ -63,7 +63,7 @@ def _answer(converter: _Converter, value: object, name: str, where: str) -> list
     return messages
 
 
-def _pair(converter: _Converter, record: object, names: dict[str, str], where: str) -> tuple[str, Pair]:
+def _pair(converter: Converter, record: object, names: dict[str, str], where: str) -> tuple[str, Pair]:
     if not isinstance(record, dict):
         raise GptminiError(f"{where}: expected a JSON object, found {type(record).__name__}")
     missing = [column for column in names.values() if column not in record]
@@ -87,9 +87,9 @@ def read_pairs(path: str | Path, fields: dict | str | None = None, encoding: str
     """All preference pairs of `path`; fields: "prompt=COL,chosen=COL,rejected=COL" or parse_fields' dict."""
     path = Path(path)
     names = fields if isinstance(fields, dict) else parse_fields(fields, PAIR_FIELDS)
-    converter = _Converter(None, False, True)
+    converter = Converter(None, False, True)
     pairs, skipped, same, shapes = [], [], [], Counter()
-    for line, record in _raw_records(path, encoding):
+    for line, record in raw_records(path, encoding):
         where = f"{path}:{line}"
         try:
             shape, pair = _pair(converter, record, names, where)

@@ -202,7 +202,7 @@ def _csv(path: Path, text: str) -> list[tuple[int, object]]:
     return records
 
 
-def _raw_records(path: Path, encoding: str | None) -> list[tuple[int, object]]:
+def raw_records(path: Path, encoding: str | None) -> list[tuple[int, object]]:
     """(line, parsed record) pairs; the line is the record's first line (its 1-based index in a JSON list)."""
     readers = {".csv": _csv, ".tsv": _csv, ".json": _json_list, ".jsonl": _jsonl}
     reader = readers.get(path.suffix.lower())
@@ -212,7 +212,7 @@ def _raw_records(path: Path, encoding: str | None) -> list[tuple[int, object]]:
 
 
 # -- raw records to conversations -------------------------------------------------------------------
-class _Converter:
+class Converter:
     """Turns the records of one file into Examples, noting the shapes found and the values read as text."""
 
     def __init__(self, fields: dict | None, fields_fallback: bool, require_answer: bool) -> None:
@@ -356,9 +356,9 @@ def read_examples(path: str | Path, fields: dict | str | None = None, require_an
     """
     path = Path(path)
     mapping = fields if isinstance(fields, dict) or fields is None else parse_fields(fields)
-    converter = _Converter(mapping, fields_fallback, require_answer)
+    converter = Converter(mapping, fields_fallback, require_answer)
     examples, skipped = [], []
-    for line, record in _raw_records(path, encoding):
+    for line, record in raw_records(path, encoding):
         try:
             examples.append(converter.example(record, f"{path}:{line}"))
         except EmptyField as exc:
