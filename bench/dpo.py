@@ -5,7 +5,9 @@ instruction set: chosen = an instruction's answer, rejected = the answer of anot
 BPE tokenizer and template, beta 0.1, sigmoid loss, batch of 8 pairs, fp32 on CPU, the same number of
 steps. Both pay for the reference model once per pair: TRL (its default) runs it beside the policy
 in every step; gptmini caches it before training, and each trained pair is charged its share of
-that pass. Interleaved rounds, medians. Ends with `ratio: X` (ours / TRL).
+that pass. TRL with `precompute_ref_log_probs=True` (one reference pass before training, as ours) runs
+too, its pass charged the same way, and is printed beside; the ratio stays against TRL's default so
+that figures compare across runs. Interleaved rounds, medians. Ends with `ratio: X` (ours / TRL).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import tempfile
 import time
 import warnings
 
+import datasets
 import torch
 from common import BENCH_MODEL, hf_llama, machine, median
 
@@ -58,7 +61,8 @@ def run_ours(encoded, tokenizer) -> tuple[float, float]:
     return pairs / (sum(times[WARMUP:]) + pairs * reference_per_pair), reference_per_pair
 
 
-def run_trl(pairs: list[Pair], template, tokenizer) -> float:
+def run_trl(pairs: list[Pair], template, tokenizer, precompute: bool = False) -> tuple[float, float]:
+    """(pairs trained per second, reference seconds per pair: 0 unless TRL precomputes the reference)."""
     from datasets import Dataset
     from transformers import PreTrainedTokenizerFast, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -69,7 +73,14 @@ def run_trl(pairs: list[Pair], template, tokenizer) -> float:
                                "chosen": p.chosen[0]["content"], "rejected": p.rejected[0]["content"]} for p in pairs])
     torch.manual_seed(0)
     model = hf_llama(GPTConfig(**BENCH_MODEL))
-    times = []
+    times, reference = [], []
+
+    class Precomputing(DPOTrainer):  # times TRL's one reference pass (precompute_ref_log_probs=True)
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            start = time.perf_counter()
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            reference.append((time.perf_counter() - start) / len(dataset))
+            return out
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -81,11 +92,12 @@ def run_trl(pairs: list[Pair], template, tokenizer) -> float:
     config = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=STEPS,
                        learning_rate=LR, beta=BETA, max_length=BENCH_MODEL["context_size"] + 1, report_to=[],
                        save_strategy="no", logging_strategy="no", use_cpu=True, bf16=False,
-                       dataloader_num_workers=0, seed=0, disable_tqdm=True)
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config, train_dataset=data,
+                       dataloader_num_workers=0, seed=0, disable_tqdm=True, precompute_ref_log_probs=precompute)
+    trainer = Precomputing(model=model, ref_model=copy.deepcopy(model), args=config, train_dataset=data,
                          processing_class=hf_tok, callbacks=[Clock()])
     trainer.train()
-    return BATCH * (STEPS - WARMUP) / sum(times[WARMUP:])
+    trained, per_pair = BATCH * (STEPS - WARMUP), sum(reference)
+    return trained / (sum(times[WARMUP:]) + trained * per_pair), per_pair
 
 
 def main() -> None:
@@ -95,12 +107,15 @@ def main() -> None:
     texts = [m["content"] for p in pairs for m in p.prompt + p.chosen] + [template.prompt]
     tokenizer = Tokenizer.train_bpe(texts, BENCH_MODEL["vocab_size"])
     encoded, _ = encode_pairs(pairs, tokenizer, template, BENCH_MODEL["context_size"])
-    results, reference = {"gptmini": [], "trl": []}, []
+    datasets.disable_caching()  # TRL would otherwise reuse its precomputed reference from the previous round
+    contenders = {"gptmini": lambda: run_ours(encoded, tokenizer), "trl": lambda: run_trl(pairs, template, tokenizer),
+                  "trl-precomputed": lambda: run_trl(pairs, template, tokenizer, precompute=True)}
+    results, reference = {name: [] for name in contenders}, {name: [] for name in contenders}
     for _ in range(ROUNDS):
-        rate, per_pair = run_ours(encoded, tokenizer)
-        results["gptmini"].append(rate)
-        reference.append(per_pair)
-        results["trl"].append(run_trl(pairs, template, tokenizer))
+        for name, run in contenders.items():
+            rate, per_pair = run()
+            results[name].append(rate)
+            reference[name].append(per_pair)
     import transformers
     import trl
 
@@ -109,8 +124,12 @@ def main() -> None:
           f"{STEPS} steps per run ({WARMUP} warm-up steps not timed), median of {ROUNDS} interleaved runs")
     for name, rates in results.items():
         print(f"{name:>8}: {median(rates):6.1f} pairs trained/s  (runs {', '.join(f'{r:.1f}' for r in rates)})")
-    print(f"gptmini's reference pass: {median(reference) * 1000:.1f} ms a pair ({median(reference) * len(encoded):.1f} s "
-          f"for the {len(encoded)} pairs), counted in its rate above")
+    for name in ("gptmini", "trl-precomputed"):
+        per_pair = median(reference[name])
+        print(f"{name}'s one reference pass: {per_pair * 1000:.1f} ms a pair ({per_pair * len(encoded):.1f} s for the "
+              f"{len(encoded)} pairs), counted in its rate above")
+    print(f"against TRL with precompute_ref_log_probs=True: "
+          f"{median(results['gptmini']) / median(results['trl-precomputed']):.2f}")
     print(f"ratio: {median(results['gptmini']) / median(results['trl']):.2f}")
 
 

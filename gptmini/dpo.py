@@ -175,7 +175,9 @@ def reference_for_run(out: Path, model: GPTMini, splits: dict[str, PairBatches |
     for batches in splits.values():
         cache_reference(model, batches, device)
     if main:
-        save_file({name: batches.reference for name, batches in splits.items()}, str(file))
+        partial = file.with_suffix(".partial")  # a kill mid-write must not leave a truncated cache behind
+        save_file({name: batches.reference for name, batches in splits.items()}, str(partial))
+        partial.replace(file)
 
 
 # -- the run ---------------------------------------------------------------------------------------
