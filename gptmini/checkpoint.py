@@ -159,6 +159,12 @@ def build_model(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPTMini:
     return model
 
 
+def with_dropout(model: GPTMini, dropout: float) -> GPTMini:
+    """The same weights in a model whose dropout is `dropout` (a training choice the config carries)."""
+    config = GPTConfig.from_dict({**model.config.to_dict(), "dropout": dropout})
+    return build_model(config, weights_state_dict(model)).to(model.embed.weight.device)
+
+
 def read_weights(file: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     """The weights in `file`, checked name by name and shape by shape against `config`."""
     if not file.is_file():

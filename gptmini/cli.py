@@ -94,6 +94,13 @@ def add_record_format_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
 
 
+def add_lora_args(p: argparse.ArgumentParser, rank_note: str) -> None:
+    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight"
+                                                          + rank_note)
+    p.add_argument("--lora-alpha", type=POSITIVE, help="LoRA scaling numerator (default 2 x rank)")
+    p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
+
+
 def sampling_params(args: argparse.Namespace):
     from .engine import SamplingParams
 
@@ -468,10 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "--max-steps: giving both is an error (default: by --max-steps)")
     p.add_argument("--show-masks", type=POSITIVE_INT, metavar="N",
                    help="print N formatted examples with trained tokens marked, then exit (default: off, train)")
-    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight "
-                                                          "(default: off, every weight trained)")
-    p.add_argument("--lora-alpha", type=POSITIVE, help="LoRA scaling numerator (default 2 x rank)")
-    p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
+    add_lora_args(p, " (default: off, every weight trained)")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)
 
@@ -498,10 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conservative DPO: the share of pairs assumed mislabelled (default: 0.0)")
     p.add_argument("--epochs", type=POSITIVE, help="train for this many passes over the pairs, instead of "
                                                    "--max-steps: giving both is an error (default: by --max-steps)")
-    p.add_argument("--lora-rank", type=POSITIVE_INT, help="train LoRA adapters of this rank instead of every weight; "
-                                                          "the reference stays the base (default: off)")
-    p.add_argument("--lora-alpha", type=POSITIVE, help="LoRA scaling numerator (default 2 x rank)")
-    p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
+    add_lora_args(p, "; the reference stays the base (default: off)")
     add_training_args(p, model_flags=False, train_defaults=DPO_TRAIN)
     p.set_defaults(func=cmd_dpo)
 
@@ -518,13 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
     p.set_defaults(func=cmd_pairs)
 
+    from .scheduler import MAX_BATCH
+
     p = verb("serve", "OpenAI-compatible HTTP API and a web chat page")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 is this machine only")
     p.add_argument("--port", type=ranged(int, 0, 65535, high_open=False), default=8000, help="port to listen on")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: none, open)")
     p.add_argument("--max-tokens", type=POSITIVE_INT, default=256, help="cap on max_tokens per request")
-    p.add_argument("--max-batch", type=POSITIVE_INT, default=8,
+    p.add_argument("--max-batch", type=POSITIVE_INT, default=MAX_BATCH,
                    help="requests decoded together, one batched step per token; on a CPU a step of 8 costs about "
                         "2x a step of 1 (the weights stream once for all), beyond ~16 each user's latency grows")
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")

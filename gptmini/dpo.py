@@ -19,7 +19,6 @@ the loop (train.py) is the one every run uses.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,11 @@ from .data.batches import PairBatch, PairBatches, fit_to_context
 from .data.preferences import Pair, read_pairs
 from .data.templates import Template, get_template
 from .errors import GptminiError
-from .model import IGNORE_INDEX, GPTConfig, GPTMini
+from .model import IGNORE_INDEX, GPTMini
 from .pretrain import resolve_train_config
 from .sft import load_run, split_validation
 from .tokenizer import Tokenizer
-from .train import Trainer, TrainConfig, no_validation_note, prepare_output
+from .train import Trainer, TrainConfig, no_validation_note, prepare_output, refuse_two_lengths, steps_for_epochs
 
 LOSSES = ("sigmoid", "ipo")
 DEFAULT_BETA = 0.1
@@ -186,9 +185,7 @@ def starting_model(base: str, template: str | None, device: str) -> tuple[GPTMin
     too), and its template (--template only for a checkpoint without one)."""
     ckpt = checkpoint.load(base, device=device)
     tmpl = get_template(template) if template or ckpt.template is None else ckpt.template
-    config = GPTConfig.from_dict({**ckpt.model.config.to_dict(), "dropout": 0.0})
-    net = checkpoint.build_model(config, checkpoint.weights_state_dict(ckpt.model)).to(device)
-    return net, ckpt.tokenizer, tmpl
+    return checkpoint.with_dropout(ckpt.model, 0.0), ckpt.tokenizer, tmpl
 
 
 def pair_batches(train_pairs: list[Pair], val_pairs: list[Pair], tokenizer: Tokenizer, template: Template,
@@ -218,8 +215,7 @@ def dpo(out: str | Path, data: str | Path, base: str | None = None, fields: str 
     """
     if not resume and not base:
         raise GptminiError("--base is required: the checkpoint to tune (and the reference it is held to)")
-    if epochs is not None and "max_steps" in (train or {}):
-        raise GptminiError("--epochs and --max-steps both set the length of the run; give one of them")
+    refuse_two_lengths(epochs, train)
     out = Path(out)
     records = read_pairs(data, fields, encoding)
     print(f"data: {records.report()}")
@@ -251,9 +247,9 @@ def dpo(out: str | Path, data: str | Path, base: str | None = None, fields: str 
     if lora_rank and not resume:
         torch.manual_seed(cfg.seed)  # the adapters' initialisation
         print(lora.add_lora(net, lora_rank, lora_alpha, lora_embeddings))
-        meta["lora"] = {"rank": lora_rank, "alpha": lora_alpha or 2.0 * lora_rank, "embeddings": lora_embeddings}
+        meta["lora"] = lora.spec(lora_rank, lora_alpha, lora_embeddings)
     if epochs is not None:
-        cfg.max_steps = max(1, math.ceil(epochs * train_batches.batches_per_epoch / cfg.grad_accum))
+        cfg.max_steps = steps_for_epochs(epochs, train_batches, cfg.grad_accum)
     meta["data"] = {"file": str(data), "val_fraction": val_fraction, "train_pairs": len(train_batches.sequences),
                     "val_pairs": len(val_batches.sequences) if val_batches else 0, "fit": fit,
                     "skipped_records": len(records.skipped), "same_answers": len(records.same)}

@@ -94,6 +94,15 @@ class _Row:
         return delta
 
 
+def slid(prompt: list[int], answer: list[int], context_size: int) -> list[int]:
+    """The answer as the window holds it for the next token: all of it while prompt + answer fit the context;
+    once they fill it (context_size + 1 tokens, the last one just sampled), its last `slide_keep` tokens,
+    the layout sft's pinned windows trained. Engine.generate and the scheduler slide by this one rule."""
+    if len(prompt) + len(answer) <= context_size:
+        return answer
+    return answer[-slide_keep(len(prompt), context_size + 1):]
+
+
 class Engine:
     """Generation for one model + tokenizer (+ the template its prompts were trained with).
 
@@ -194,8 +203,7 @@ class Engine:
                     answer.append(token)
                 if step < window.room - 1 and produced < params.max_new_tokens:
                     logits = window.step(tokens)
-            answers = [a[-slide_keep(len(p), ctx + 1):] if len(p) + len(a) > ctx else a
-                       for p, a in zip(prompts, answers)]
+            answers = [slid(p, a, ctx) for p, a in zip(prompts, answers)]
 
 
 class _Window:

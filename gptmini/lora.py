@@ -37,6 +37,11 @@ class LoRALinear(nn.Module):
         return self.base.weight + self.scale * (self.lora_b @ self.lora_a)
 
 
+def spec(rank: int, alpha: float | None = None, train_embeddings: bool = False) -> dict:
+    """What a run's metadata says of its adapters (alpha defaults to 2 x rank), for resuming and export."""
+    return {"rank": rank, "alpha": alpha or 2.0 * rank, "embeddings": train_embeddings}
+
+
 def add_lora(model: GPTMini, rank: int, alpha: float | None = None, train_embeddings: bool = False) -> str:
     """Freezes `model` and wraps its projections with adapters; returns a one-line report.
 
@@ -51,7 +56,7 @@ def add_lora(model: GPTMini, rank: int, alpha: float | None = None, train_embedd
         for path in TARGETS:
             parent_name, attr = path.split(".")
             parent = getattr(block, parent_name)
-            setattr(parent, attr, LoRALinear(getattr(parent, attr), rank, alpha or 2.0 * rank))
+            setattr(parent, attr, LoRALinear(getattr(parent, attr), rank, spec(rank, alpha)["alpha"]))
     if train_embeddings:
         model.embed.weight.requires_grad_(True)
         model.lm_head.weight.requires_grad_(True)

@@ -21,9 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data.batches import slide_keep
-from .engine import Completion, Engine, SamplingParams, _Row, _Window, sample_next
+from .engine import Completion, Engine, SamplingParams, _Row, _Window, sample_next, slid
 from .model import GPTConfig, KVCache
+
+
+# On a CPU a batched step of 8 rows costs about 2x one row (the weights stream once for all), so
+# 8 users get ~4x the tokens/s; past ~16 the rows' own work (attention, sampling) dominates and
+# every user's per-token latency grows with the batch.
+MAX_BATCH = 8
 
 
 class Cancelled(Exception):
@@ -105,7 +110,7 @@ class Scheduler:
     thread, which sleeps while there is nothing to do.
     """
 
-    def __init__(self, engine: Engine, max_batch: int = 8) -> None:
+    def __init__(self, engine: Engine, max_batch: int = MAX_BATCH) -> None:
         model = engine.model
         self.engine, self.max_batch = engine, max_batch
         self.pool = SlotCache(model.config, max_batch, model.embed.weight.device, model.embed.weight.dtype)
@@ -219,7 +224,7 @@ class Scheduler:
         request.next_token = token
         ctx, prompt = self.engine.model.config.context_size, request.window_prompt
         if len(prompt) + len(request.answer) > ctx:  # the window is full: slide as Engine.generate does
-            request.answer = request.answer[-slide_keep(len(prompt), ctx + 1):]
+            request.answer = slid(prompt, request.answer, ctx)
             self._prefill(request)
 
     def _leave(self, request: Request, error: BaseException | None) -> None:

@@ -32,15 +32,11 @@ from . import checkpoint
 from .data.templates import get_template
 from .engine import Completion, Engine, SamplingParams
 from .errors import GptminiError
-from .scheduler import Scheduler
+from .scheduler import MAX_BATCH, Scheduler
 
 STATIC = Path(__file__).resolve().parent / "static"
 PUBLIC_PATHS = ("/", "/health")  # everything else needs the key when there is one
 INT64 = 2**63
-# On a CPU a batched step of 8 rows costs about 2x one row (the weights stream once for all), so
-# 8 users get ~4x the tokens/s; past ~16 the rows' own work (attention, sampling) dominates and
-# every user's per-token latency grows with the batch.
-MAX_BATCH = 8
 
 
 class Message(BaseModel):

@@ -24,7 +24,7 @@ from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTConfig, GPTMini
 from .pretrain import DEFAULT_MODEL, resolve_train_config
 from .tokenizer import Tokenizer
-from .train import Trainer, amount, no_validation_note, prepare_output
+from .train import Trainer, amount, no_validation_note, prepare_output, refuse_two_lengths, steps_for_epochs
 from .transfer import load_legacy_state_dict, transfer
 
 DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
@@ -119,8 +119,7 @@ def load_run(out: Path, device: str, dropout: float | None = None) -> tuple[GPTM
     meta = {k: v for k, v in ckpt.meta.items() if k != "training"}
     net = checkpoint.load(meta["source"]["base"], device=device).model if "lora" in meta else ckpt.model
     if dropout is not None:
-        config = GPTConfig.from_dict({**net.config.to_dict(), "dropout": dropout})
-        net = checkpoint.build_model(config, checkpoint.weights_state_dict(net)).to(device)
+        net = checkpoint.with_dropout(net, dropout)
     if "lora" in meta:  # adapters continue on top of the untouched base
         lora.add_lora(net, meta["lora"]["rank"], meta["lora"]["alpha"], meta["lora"].get("embeddings", False))
         lora.load_adapter(net, out / "last")
@@ -140,8 +139,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     """
     if lora_rank and (base == "none" or tokenizer):
         raise GptminiError("--lora-rank adapts an existing base with its own tokenizer: give --base DIR, no --tokenizer")
-    if epochs is not None and "max_steps" in (train or {}):  # refused: one would silently win over the other
-        raise GptminiError("--epochs and --max-steps both set the length of the run; give one of them")
+    refuse_two_lengths(epochs, train)
     out = Path(out)
     records = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding)
     print(f"data: {records.report()}")
@@ -157,7 +155,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         meta = {"kind": "sft", "template": tmpl.to_dict(), "source": source}
         if lora_rank:
             print(lora.add_lora(net, lora_rank, lora_alpha, lora_embeddings))
-            meta["lora"] = {"rank": lora_rank, "alpha": lora_alpha or 2.0 * lora_rank, "embeddings": lora_embeddings}
+            meta["lora"] = lora.spec(lora_rank, lora_alpha, lora_embeddings)
     train_examples, val_examples = split_validation(records.examples, 0 if val_data else val_fraction, cfg.seed)
     if val_data:
         val_records = read_examples(val_data, fields, encoding=encoding, fields_fallback=True)  # its own shape first
@@ -180,7 +178,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         print(no_validation_note("--val-fraction 0" if not val_fraction else
                                  f"--val-fraction {val_fraction} of {n} records is under one example"))
     if epochs is not None:  # with --max-steps too it was refused above
-        cfg.max_steps = max(1, math.ceil(epochs * train_batches.batches_per_epoch / cfg.grad_accum))
+        cfg.max_steps = steps_for_epochs(epochs, train_batches, cfg.grad_accum)
     meta["data"] = {"file": str(data or "embedded"), "train_examples": len(train_examples),
                     "val_examples": len(val_examples), "fit": dict(outcomes), "skipped_records": len(records.skipped),
                     "padding_waste": round(train_batches.padding_waste(), 4)}

@@ -172,6 +172,17 @@ def make_optimizer(model: GPTMini, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
+def refuse_two_lengths(epochs: float | None, overrides: dict | None) -> None:
+    """--epochs and --max-steps together are refused: one would silently win over the other."""
+    if epochs is not None and "max_steps" in (overrides or {}):
+        raise GptminiError("--epochs and --max-steps both set the length of the run; give one of them")
+
+
+def steps_for_epochs(epochs: float, batches: Batches, grad_accum: int) -> int:
+    """Optimiser steps that make `epochs` passes over `batches` (at least one)."""
+    return max(1, math.ceil(epochs * batches.batches_per_epoch / grad_accum))
+
+
 def no_validation_note(reason: str) -> str:
     """Said before a run without validation starts, so that a missing best/ is no surprise after it."""
     return f"note: no validation ({reason}), so no best/ checkpoint will be written: last/ is the final model"
