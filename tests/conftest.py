@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, Tokenizer
+from gptmini.train import Trainer
 
 PT_TEXT = "Atenção, não é ação? O modelo de linguagem prevê a próxima palavra.\nÇÃO àéíóú ü ñ"
 
@@ -16,3 +17,21 @@ def tiny_model(char_tokenizer) -> GPTMini:
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=char_tokenizer.vocab_size, context_size=64, d_model=32, n_heads=4, n_layers=2)
     return GPTMini(config).eval()
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """interrupt_at(n): training runs started after it stop as Ctrl-C stops them, at the end of their
+    n-th step (saved, resumable); interrupt_at(None): runs go on to their end again."""
+    original = Trainer.train_step
+
+    def arm(step: int | None) -> None:
+        def stopping(self, lr):
+            result = original(self, lr)
+            if self.step == step - 1:  # self.step counts the steps done before this one
+                self.stop_requested = True
+            return result
+
+        monkeypatch.setattr(Trainer, "train_step", original if step is None else stopping)
+
+    return arm

@@ -13,7 +13,6 @@ from gptmini.data.preferences import Pair, read_pairs
 from gptmini.dpo import DPOLoss, cache_reference, dpo, encode_pair, pair_loss, sequence_logps
 from gptmini.model import IGNORE_INDEX
 from gptmini.pairs import most_similar
-from gptmini.train import Trainer
 
 RECORDS = [json.loads(line) for line in (ASSETS / "instructions.jsonl").read_text(encoding="utf-8").splitlines()[:64:4]]
 TEMPLATE = get_template()
@@ -153,21 +152,13 @@ def test_lr_zero_changes_nothing(base, tmp_path):
 
 
 @pytest.mark.parametrize("lora_rank", [None, 2])
-def test_resume_after_a_kill_ends_with_identical_weights(base, tmp_path, monkeypatch, lora_rank):
+def test_resume_after_a_kill_ends_with_identical_weights(base, tmp_path, interrupt_at, lora_rank):
     root, _, _ = base
     args = (root / "prefs.jsonl", str(root / "base"))
     dpo(tmp_path / "straight", *args, val_fraction=0.25, train=RUN, lora_rank=lora_rank)
-    original = Trainer.train_step
-
-    def killed_at_4(self, lr):
-        result = original(self, lr)
-        if self.step == 3:
-            self.stop_requested = True
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_4)
+    interrupt_at(4)
     assert dpo(tmp_path / "resumed", *args, val_fraction=0.25, train=RUN, lora_rank=lora_rank)["steps"] == 4
-    monkeypatch.setattr(Trainer, "train_step", original)
+    interrupt_at(None)
     assert dpo(tmp_path / "resumed", root / "prefs.jsonl", resume=True)["steps"] == 6
     a, b = weights(tmp_path / "straight" / "last"), weights(tmp_path / "resumed" / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,7 +5,6 @@ from gptmini import GPTConfig, GPTMini, Tokenizer, load, save
 from gptmini.data.corpus import ASSETS
 from gptmini.lora import add_lora, merged
 from gptmini.sft import sft
-from gptmini.train import Trainer
 
 
 def tiny(tmp_path):
@@ -33,7 +32,7 @@ def test_adapters_start_at_the_base_and_merge_exactly():
 
 
 @pytest.mark.parametrize("embeddings", [False, True])
-def test_lora_sft_trains_only_adapters_and_resumes_exactly(tmp_path, monkeypatch, capsys, embeddings):
+def test_lora_sft_trains_only_adapters_and_resumes_exactly(tmp_path, interrupt_at, capsys, embeddings):
     base = tiny(tmp_path)
     args = dict(data=ASSETS / "seed.jsonl", base=str(tmp_path / "base"), lora_rank=4, lora_embeddings=embeddings,
                 train={"max_steps": 6, "batch_size": 4, "lr": 1e-2, "save_every": 3, "show_progress": False})
@@ -43,17 +42,9 @@ def test_lora_sft_trains_only_adapters_and_resumes_exactly(tmp_path, monkeypatch
     assert out.meta["lora"] == {"rank": 4, "alpha": 8.0, "embeddings": embeddings}
     assert torch.equal(out.model.embed.weight, base.embed.weight) != embeddings  # frozen unless asked
     assert not torch.equal(out.model.blocks[0].attn.qkv.weight, base.blocks[0].attn.qkv.weight)  # merged adapters
-    original = Trainer.train_step
-
-    def stop_at_4(self, lr):
-        result = original(self, lr)
-        if self.step == 3:
-            self.stop_requested = True
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", stop_at_4)
+    interrupt_at(4)
     assert sft(tmp_path / "resumed", **args)["stopped"] == "interrupted"
-    monkeypatch.setattr(Trainer, "train_step", original)
+    interrupt_at(None)
     sft(tmp_path / "resumed", data=ASSETS / "seed.jsonl", resume=True)
     a, b = load(tmp_path / "straight" / "last").model.state_dict(), load(tmp_path / "resumed" / "last").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -58,14 +58,8 @@ def test_a_time_budget_fits_the_decay_so_the_run_ends_annealed(tmp_path, corpus,
     assert "budget allows about" in capsys.readouterr().err
 
 
-def test_the_plan_is_said_before_the_first_step_and_many_epochs_are_warned_of(tmp_path, corpus, monkeypatch, capsys):
-    original = Trainer.train_step
-
-    def stop_after_one(self, lr):
-        self.stop_requested = True
-        return original(self, lr)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_one)
+def test_the_plan_is_said_before_the_first_step_and_many_epochs_are_warned_of(tmp_path, corpus, interrupt_at, capsys):
+    interrupt_at(1)
     run_pretrain(tmp_path / "run", corpus, max_steps=1000)
     out = capsys.readouterr().err  # progress lines go with the bars, stdout keeps the results
     tokens = load(tmp_path / "run" / "last").meta["data"]["train_tokens"]
@@ -90,20 +84,12 @@ def test_pretrain_writes_checkpoints_metrics_and_curve(tmp_path, corpus):
     assert load(run / "last").meta["training"]["step"] == 12
 
 
-def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, corpus, monkeypatch):
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, corpus, interrupt_at):
     run_pretrain(tmp_path / "straight", corpus)
-    original = Trainer.train_step
-
-    def interrupt_at_7(self, lr):
-        result = original(self, lr)
-        if self.step == 6:  # the step being run is the 7th
-            self.stop_requested = True
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", interrupt_at_7)
+    interrupt_at(7)
     summary = run_pretrain(tmp_path / "resumed", corpus)
     assert summary["stopped"] == "interrupted" and summary["steps"] == 7
-    monkeypatch.setattr(Trainer, "train_step", original)
+    interrupt_at(None)
     summary = pretrain(tmp_path / "resumed", [corpus], resume=True)
     assert summary["steps"] == 12
     a, b = weights(tmp_path / "straight" / "last"), weights(tmp_path / "resumed" / "last")
