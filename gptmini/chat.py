@@ -119,3 +119,18 @@ def run_chat(conversation: Conversation, params: SamplingParams, stdin: TextIO =
                 stdout.write(" (interrupted)")
             stdout.write("\n")
             stdout.flush()
+
+
+def answers_at_turn(engine: Engine, questions: list[str], turn: int, params: SamplingParams,
+                    system: str | None = None, batch: int = 64) -> list[str]:
+    """Each question asked as turn `turn` of a conversation, as chat and the web page send it: the earlier
+    turns are the questions before it in the list (cyclically) with the model's own answers to them."""
+    n = len(questions)
+    conversations = [Conversation(engine, system) for _ in questions]
+    for t in range(turn):
+        asked = [questions[(i - turn + 1 + t) % n] for i in range(n)]
+        prompts = [c.prompt_ids(q, params.max_new_tokens) for c, q in zip(conversations, asked)]
+        answers = [c.text for i in range(0, n, batch) for c in engine.generate(prompts[i:i + batch], params)]
+        for conversation, question, answer in zip(conversations, asked, answers):
+            conversation.turns.append((question, answer))
+    return [c.turns[-1][1] for c in conversations]

@@ -40,6 +40,18 @@ POSITIVE, NONNEGATIVE = ranged(float, 0, low_open=True), ranged(float, 0)
 FRACTION = ranged(float, 0, 1, hint=" (a fraction: 0.05 is 5%)")
 
 
+def count_or_none(text: str) -> int:
+    """A count where "none" (or 0) switches the thing off: --conversations, --augment."""
+    return 0 if text.strip().lower() in ("none", "0") else POSITIVE_INT(text)
+
+
+def count_auto_or_none(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else count_or_none(text)
+
+
+count_or_none.__name__ = count_auto_or_none.__name__ = "count"
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default: a value as itself, a flag as "off", an empty list as
     "none", a required option as "(required)". A None default means "it depends", so such an option's
@@ -92,6 +104,18 @@ def add_record_format_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (default: "
                                     "recognised from the file)")
     p.add_argument("--encoding", help="text encoding of --data (default UTF-8; e.g. latin-1)")
+
+
+def add_variety_args(p: argparse.ArgumentParser) -> None:
+    from .sft import DEFAULT_AUGMENT, DEFAULT_CONVERSATIONS
+
+    p.add_argument("--augment", type=count_auto_or_none, default=DEFAULT_AUGMENT, metavar="N|auto|none",
+                   help="each epoch, N variants of every question as people type them (no accents, lower case, "
+                        "chat short forms, other question forms, typos), answers untouched; auto: 8 for up to "
+                        "150 records, fewer for more (about 1,200 forms an epoch); none: off")
+    p.add_argument("--conversations", type=count_or_none, default=DEFAULT_CONVERSATIONS, metavar="TURNS|none",
+                   help="each epoch, the records also chained into conversations of 2 to TURNS turns, so later "
+                        "turns are answered as well as the first; none: off")
 
 
 def add_lora_args(p: argparse.ArgumentParser, rank_note: str) -> None:
@@ -299,7 +323,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     summary = pretrain(args.out, args.data, args.tokenizer, args.vocab_size, model_overrides(args),
                        train_overrides(args), args.resume, args.overwrite, args.val_fraction, args.mix_data,
-                       args.mix_ratio, args.template, args.fields)
+                       args.mix_ratio, args.template, args.fields, args.augment)
     print_summary(summary, args.out)
 
 
@@ -308,14 +332,15 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     if args.show_masks:
         print(preview_masks(args.data, args.base, args.template, args.fields, args.tokenizer, args.vocab_size,
-                            args.show_masks, encoding=args.encoding))
+                            args.show_masks, encoding=args.encoding, augment=args.augment,
+                            conversations=args.conversations))
         return
     if not args.out:
         raise GptminiError("--out is required (the run folder to write checkpoints into)")
     summary = sft(args.out, args.data, args.base, args.template, args.fields, args.val_data, args.val_fraction,
                   args.tokenizer, args.vocab_size, args.long_examples, args.epochs, model_overrides(args),
                   train_overrides(args), args.resume, args.overwrite, args.lora_rank, args.lora_alpha,
-                  args.lora_embeddings, encoding=args.encoding)
+                  args.lora_embeddings, encoding=args.encoding, augment=args.augment, conversations=args.conversations)
     print_summary(summary, args.out)
 
 
@@ -447,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pretraining windows, formatted by --template (default: none)")
     p.add_argument("--mix-ratio", type=FRACTION, default=0.1, help="share of training windows drawn from --mix-data")
     p.add_argument("--template", help="template that formats --mix-data (default: comando)")
+    p.add_argument("--augment", type=count_auto_or_none, default="auto", metavar="N|auto|none",
+                   help="question variants of each --mix-data record mixed in too, as sft makes them")
     p.add_argument("--fields", help="column names of --mix-data, e.g. instruction=pergunta,response=resposta "
                                     "(default: recognised from the file)")
     add_training_args(p)
@@ -475,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "--max-steps: giving both is an error (default: by --max-steps)")
     p.add_argument("--show-masks", type=POSITIVE_INT, metavar="N",
                    help="print N formatted examples with trained tokens marked, then exit (default: off, train)")
+    add_variety_args(p)
     add_lora_args(p, " (default: off, every weight trained)")
     add_training_args(p)
     p.set_defaults(func=cmd_sft)

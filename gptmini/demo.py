@@ -43,8 +43,9 @@ def base_sample(run: Path, seed: int = 0) -> str:
 
 
 def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 8, seed: int = 0,
-         show_progress: bool = True, mix_ratio: float = 0.3) -> dict:
-    """mix_ratio: share of pretraining windows drawn from the instruction set (0: no midtraining)."""
+         show_progress: bool = True, mix_ratio: float = 0.3, **sft_options) -> dict:
+    """mix_ratio: share of pretraining windows drawn from the instruction set (0: no midtraining).
+    sft_options: more of sft()'s arguments (augment, conversations, ...)."""
     out = Path(out)
     started = time.time()
     common = {"seed": seed, "show_progress": show_progress, "batch_size": 16}
@@ -58,7 +59,8 @@ def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: f
     print(f"   the base, sampled: {BASE_PROMPT}{base_sample(out / 'base' / 'best')}")
     print("== 2/3 instruction tuning (loss on the answers only)")
     tuned = sft(out / "sft", DEMO_INSTRUCTIONS, base=str(out / "base" / "best"), val_data=HELD_OUT,
-                epochs=sft_epochs, overwrite=True, train={**common, "lr": 1e-3, "eval_every": 50, "save_every": 100})
+                epochs=sft_epochs, overwrite=True, train={**common, "lr": 1e-3, "eval_every": 50, "save_every": 100},
+                **sft_options)
     print(f"   sft: {tuned['steps']} steps, {tuned['tokens_per_s']:.0f} tokens/s, padding {tuned['padding_waste']:.1%}")
     print("== 3/3 evaluation on held-out rewordings, and the assistant in action (greedy)")
     report = evaluate_demo(out, show_progress)

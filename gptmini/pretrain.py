@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .data import variants
 from .data.batches import WindowBatches
 from .data.corpus import DEFAULT_CORPUS, build_tokenizer, corpus_files, load_prepared, prepare
 from .data.records import read_examples
@@ -45,12 +46,20 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
     return float(-np.log(counts / counts.sum())[val].mean())
 
 
-def instruction_mix(path: str | Path, tokenizer: Tokenizer, template: str | None, fields: str | None) -> np.ndarray:
-    """Midtraining tokens: every record rendered by the template (answer and end-of-text included)."""
+def instruction_mix(path: str | Path, tokenizer: Tokenizer, template: str | None, fields: str | None,
+                    augment: int | str = "auto", seed: int = 0) -> np.ndarray:
+    """Midtraining tokens: every record rendered by the template (answer and end-of-text included), and
+    `augment` question variants of each as sft makes them ("auto": as many as sft would; 0: none).
+    Records follow each other behind their end-of-text, so windows already hold conversations."""
     records = read_examples(path, fields)
-    print(f"instruction mix: {records.report()}")
+    examples = records.examples
+    count = variants.auto_count(len(examples)) if augment == "auto" else augment
+    forms = variants.readable(variants.augment(examples, count, seed), tokenizer) if count else []
+    print(f"instruction mix: {records.report()}" + (f", with {len(forms)} question variants" if forms else ""))
     tmpl = get_template(template)
-    ids = [i for e in records.examples for i in tmpl.encode(tokenizer, e.messages)[0]]
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(len(examples) + len(forms))
+    pool = examples + forms
+    ids = [i for j in order for i in tmpl.encode(tokenizer, pool[j].messages)[0]]
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -58,11 +67,12 @@ def pretrain(out: str | Path, data: list[str | Path] | None = None, tokenizer: s
              vocab_size: int | None = None, model: dict | None = None, train: dict | None = None,
              resume: bool = False, overwrite: bool = False, val_fraction: float = 0.05,
              mix_data: str | Path | None = None, mix_ratio: float = 0.1, template: str | None = None,
-             fields: str | None = None) -> dict:
+             fields: str | None = None, augment: int | str = "auto") -> dict:
     """Trains a base model on `data` (default: the embedded Portuguese corpus); returns a summary.
 
     mix_data (midtraining): instruction records, formatted by `template`, that make up `mix_ratio`
-    of the training windows; validation stays on the corpus alone.
+    of the training windows; validation stays on the corpus alone. augment: question variants of each
+    mixed record (as sft's; "auto" as many as sft would make, 0: none).
     """
     out = Path(out)
     files = corpus_files(data or [DEFAULT_CORPUS])
@@ -84,7 +94,7 @@ def pretrain(out: str | Path, data: list[str | Path] | None = None, tokenizer: s
         torch.manual_seed(cfg.seed)
         net = GPTMini(GPTConfig(vocab_size=tok.vocab_size, **{**DEFAULT_MODEL, **(model or {})}))
     context = net.config.context_size
-    mix = (instruction_mix(mix_data, tok, template, fields), mix_ratio) if mix_data else None
+    mix = (instruction_mix(mix_data, tok, template, fields, augment, cfg.seed), mix_ratio) if mix_data else None
     train_batches = WindowBatches(corpus.train, context, cfg.batch_size, cfg.seed, name="training split", mix=mix)
     val_batches = None
     if len(corpus.val) > context:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,9 @@ import numpy as np
 import torch
 
 from . import checkpoint, lora
-from .data.batches import ExampleBatches, fit_to_context
+from .data import conversations as chats
+from .data import variants
+from .data.batches import ExampleBatches, first_trained, fit_to_context
 from .data.corpus import ASSETS
 from .data.records import Example, read_examples
 from .data.templates import Template, get_template
@@ -28,6 +31,9 @@ from .train import Trainer, amount, no_validation_note, prepare_output, refuse_t
 from .transfer import load_legacy_state_dict, transfer
 
 DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
+DEFAULT_AUGMENT = "auto"  # question variants per record, each epoch (see data/variants.py and auto_count)
+VARIANT_ANSWER_TOKENS = 24  # answer tokens a question variant trains (see variant_sequences)
+DEFAULT_CONVERSATIONS = 4  # the longest chained conversation, in turns (see data/conversations.py)
 
 
 def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
@@ -42,6 +48,44 @@ def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Tem
         outcomes[outcome] += 1
         needed.append(len(ids) - 1)
     return sequences, outcomes, needed
+
+
+def answer_start(sequence: tuple[list[int], list[int]], answer_tokens: int | None,
+                 context_size: int) -> list[tuple[list[int], list[int]]]:
+    """A question variant asked alone trains the start of its answer (answer_tokens; None: all of it):
+    the start is where the model decides which answer a question asks for; the rest of the answer it
+    learns from the record itself, every epoch."""
+    ids, labels = sequence
+    end = first_trained(labels) + answer_tokens + 1 if answer_tokens else len(ids)
+    return fit_to_context(ids[:end], labels[:end], context_size + 1)[0]
+
+
+class Variety:
+    """What each epoch trains beside the records themselves, made anew for every epoch (12 epochs see 12
+    different sets): `augment` question variants per record, chained into conversations of 1 to
+    `max_turns` turns (< 2: none) as far as they fit the context; without variants the records
+    themselves are chained again. Cheap to make, so made when needed, from (seed, epoch) alone."""
+
+    def __init__(self, examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
+                 augment: int, max_turns: int, seed: int, answer_tokens: int | None = None) -> None:
+        self.examples, self.tokenizer, self.template, self.context = examples, tokenizer, template, context_size
+        self.augment, self.max_turns, self.seed, self.answer_tokens = augment, max_turns, seed, answer_tokens
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, epoch: int) -> list[tuple[list[int], list[int]]]:
+        forms = variants.readable(variants.augment(self.examples, self.augment, self.seed * 100_003 + epoch), self.tokenizer) \
+            if self.augment else []
+        pool = [e for e in forms or self.examples if chats.single_turn(e)]
+        encoded = [self.template.encode(self.tokenizer, e.messages) for e in pool]
+        rng = random.Random(f"{self.seed}:{epoch}")
+        groups = (chats.chain([len(ids) for ids, _ in encoded], self.max_turns, self.context + 1, rng)
+                  if self.max_turns >= 2 else [[i] for i in range(len(encoded))])
+        conversations = [chats.joined([encoded[i] for i in group]) for group in groups if len(group) > 1]
+        alone = [encoded[group[0]] for group in groups if len(group) == 1] if forms else []
+        multi_turn = [self.template.encode(self.tokenizer, f.messages) for f in forms if not chats.single_turn(f)]
+        self.counts = {"question_variants": len(forms), "conversations": len(conversations)}
+        return ([piece for seq in alone for piece in answer_start(seq, self.answer_tokens, self.context)]
+                + [piece for seq in multi_turn for piece in fit_to_context(*seq, self.context + 1)[0]] + conversations)
 
 
 def describe_fit(outcomes: Counter, context: int, needed: list[int], share: float = 0.95) -> str:
@@ -131,8 +175,15 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         tokenizer: str | None = None, vocab_size: int | None = None, long_examples: str = "pinned",
         epochs: float | None = None, model: dict | None = None, train: dict | None = None,
         resume: bool = False, overwrite: bool = False, lora_rank: int | None = None,
-        lora_alpha: float | None = None, lora_embeddings: bool = False, encoding: str | None = None) -> dict:
+        lora_alpha: float | None = None, lora_embeddings: bool = False, encoding: str | None = None,
+        augment: int | str = DEFAULT_AUGMENT, conversations: int = DEFAULT_CONVERSATIONS,
+        augment_answer_tokens: int | None = VARIANT_ANSWER_TOKENS) -> dict:
     """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary.
+
+    augment: question variants per training record each epoch, in the forms people type ("auto": see
+        variants.auto_count; 0: none; data/variants.py).
+    conversations: training records also chained into conversations of 2 to this many turns (< 2: none).
+    augment_answer_tokens: answer tokens a variant trains (None: the whole answer).
 
     lora_rank: train LoRA adapters of this rank instead of every weight (see lora.py).
     encoding: of data and val_data (default UTF-8).
@@ -168,7 +219,12 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     train_seqs, outcomes, needed = encode_examples(train_examples, tok, tmpl, context, long_examples)
     print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; "
           + describe_fit(outcomes, context, needed))
-    train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id)
+    augment = variants.auto_count(len(train_examples)) if augment == "auto" else augment
+    made = Variety(train_examples, tok, tmpl, context, augment, conversations, cfg.seed, augment_answer_tokens)
+    train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id, extra=made)
+    print(f"variety, each epoch: {made.counts['question_variants']} question variants (--augment "
+          f"{augment or 'none'}), " + (f"{made.counts['conversations']} conversations of 2-{conversations} turns"
+                                       if conversations >= 2 else "no conversations (--conversations none)"))
     val_batches = None
     if val_examples:
         val_seqs, _, _ = encode_examples(val_examples, tok, tmpl, context, long_examples)
@@ -180,7 +236,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     if epochs is not None:  # with --max-steps too it was refused above
         cfg.max_steps = steps_for_epochs(epochs, train_batches, cfg.grad_accum)
     meta["data"] = {"file": str(data or "embedded"), "train_examples": len(train_examples),
-                    "val_examples": len(val_examples), "fit": dict(outcomes), "skipped_records": len(records.skipped),
+                    "val_examples": len(val_examples), "fit": dict(outcomes), **made.counts, "skipped_records": len(records.skipped),
                     "padding_waste": round(train_batches.padding_waste(), 4)}
     trainer = Trainer(net, tok, train_batches, val_batches, cfg, out, meta)
     if resume:
@@ -189,15 +245,27 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
 
 
 def preview_masks(data: str | Path | None, base: str, template: str | None, fields: str | dict | None,
-                  tokenizer: str | None, vocab_size: int | None, n: int, encoding: str | None = None) -> str:
-    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked."""
+                  tokenizer: str | None, vocab_size: int | None, n: int, encoding: str | None = None,
+                  augment: int | str = DEFAULT_AUGMENT, conversations: int = DEFAULT_CONVERSATIONS) -> str:
+    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked, then
+    the question variants of the first of them and one chained conversation (epoch 0's)."""
     tmpl = get_template(template)
     examples = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding).examples
     if starts_without_checkpoint(base) or tokenizer:
         tok = new_tokenizer(tokenizer or "char", examples, tmpl, vocab_size)
     else:
         tok = checkpoint.load(base).tokenizer
-    return show_masks(examples, tok, tmpl, n)
+    shown = show_masks(examples, tok, tmpl, n)
+    augment = variants.auto_count(len(examples)) if augment == "auto" else augment
+    forms = variants.readable(variants.augment(examples[:3], augment, seed=0), tok) if augment else []
+    if forms:
+        shown += f"\n=== question variants of the first record (--augment {augment}; its answer as above):\n"
+        shown += "\n".join(f"  {v.messages[0]['content']}" for v in forms[:augment])
+    turns = [e for e in forms[::augment] or examples if chats.single_turn(e)][:min(3, conversations)]
+    if conversations >= 2 and len(turns) >= 2:
+        chained = Example([m for e in turns for m in e.messages], "a conversation chained from them")
+        shown += f"\n=== {chained.where} (--conversations {conversations}):\n" + show_masks([chained], tok, tmpl, 1)
+    return shown
 
 
 def show_masks(examples: list[Example], tokenizer: Tokenizer, template: Template, n: int, color: bool | None = None) -> str:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptmini import Engine, GPTConfig, GPTMini, SamplingParams, Tokenizer, load, save
+from gptmini.chat import answers_at_turn
 from gptmini.data.corpus import ASSETS
 from gptmini.sft import sft
 from gptmini.transfer import load_legacy_state_dict, transfer
@@ -20,10 +21,15 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def answers(run_dir):
+def typed(question: str) -> str:
+    """As people type it: lower case, no punctuation ("O que e um LLM?" -> "o que e um llm")."""
+    return "".join(c for c in question.lower() if c.isalnum() or c == " ")
+
+
+def answers(run_dir, form=lambda question: question):
     ckpt = load(run_dir)
     engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template)
-    prompts = [engine.encode_prompt([{"role": "user", "content": r["instruction"]}]) for r in SEED]
+    prompts = [engine.encode_prompt([{"role": "user", "content": form(r["instruction"])}]) for r in SEED]
     return [c.text for c in engine.generate(prompts, SamplingParams(max_new_tokens=150))]
 
 
@@ -32,6 +38,7 @@ def test_seed_parity_exact_cli_commands(tmp_path):
     assert out.returncode == 0, out.stderr
     answer = cli("generate", "--model", tmp_path / "run", "Explique Machine Learning")  # the run folder: its last/
     assert answer.stdout == SEED[0]["response"] + "\n"
+    assert answers(tmp_path / "run" / "last", typed) == [r["response"] for r in SEED]
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -40,6 +47,7 @@ def test_seed_parity_on_more_seeds(tmp_path, seed):
         model={"context_size": 256, "d_model": 128, "n_heads": 4, "n_layers": 2},
         train={"lr": 5e-4, "batch_size": 8, "max_steps": 401, "seed": seed, "show_progress": False})
     assert answers(tmp_path / "run" / "last") == [r["response"] for r in SEED]
+    assert answers(tmp_path / "run" / "last", typed) == [r["response"] for r in SEED]  # lower case, no punctuation
 
 
 def tiny_base(tmp_path, texts):
@@ -112,3 +120,72 @@ def test_sft_bad_input_is_one_clear_line(tmp_path):
     out = cli("sft", "--base", tmp_path / "missing", "--out", tmp_path / "run")
     assert out.returncode == 2 and "checkpoint directory not found" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "run" / "last").exists()
+
+
+def conversation_answers(run_dir, turn):
+    ckpt = load(run_dir)
+    engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template)
+    return answers_at_turn(engine, [r["instruction"] for r in SEED], turn, SamplingParams(max_new_tokens=120))
+
+
+def test_turn_three_is_answered_as_turn_one_only_when_trained_on_conversations(tmp_path):
+    """Each of the course's questions asked third in a conversation (after two others and the model's own
+    answers): right with the default conversations, not all right without them (so the test can fail)."""
+    for turns in (4, 0):
+        sft(tmp_path / str(turns), ASSETS / "seed.jsonl", base="none", tokenizer="char", conversations=turns,
+            model={"context_size": 512, "d_model": 128, "n_heads": 4, "n_layers": 2},
+            train={"lr": 1e-3, "batch_size": 8, "max_steps": 600, "seed": 0, "show_progress": False})
+    references = [r["response"] for r in SEED]
+    assert conversation_answers(tmp_path / "4" / "last", 1) == references
+    assert conversation_answers(tmp_path / "4" / "last", 3) == references
+    assert conversation_answers(tmp_path / "0" / "last", 3) != references
+
+
+def captured_batches(monkeypatch):
+    """sft's training batches, as the Trainer is handed them (the run itself is skipped)."""
+    import gptmini.sft as sft_module
+
+    seen = {}
+
+    class Capture:
+        def __init__(self, net, tok, train_batches, *rest):
+            seen.update(batches=train_batches, tokenizer=tok)
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(sft_module, "Trainer", Capture)
+    return seen
+
+
+def trained_questions(seen, epochs=3):
+    """The question of every training sequence of the first epochs, as text."""
+    batches, tok = seen["batches"], seen["tokenizer"]
+    texts = []
+    for epoch in range(epochs):
+        batches.load_state_dict({"epoch": epoch, "index": 0})
+        texts += [tok.decode(ids) for ids, _ in batches.sequences]
+    return texts
+
+
+def test_variants_and_conversations_come_from_training_records_only(tmp_path, monkeypatch):
+    seen = captured_batches(monkeypatch)
+    records = [{"instruction": f"Qual é o prazo número {i}?", "response": f"O prazo {i} é de {i} dias."} for i in range(40)]
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    sft(tmp_path / "run", data, base="none", tokenizer="bpe", vocab_size=300, val_fraction=0.25,
+        model={"context_size": 128, "d_model": 32, "n_heads": 2, "n_layers": 1}, train={"max_steps": 1, "show_progress": False})
+    texts = trained_questions(seen)
+    trained = {r["response"] for r in records if any(r["response"] in t for t in texts)}
+    assert len(trained) == 30  # the 10 validation answers never appear, neither alone nor in a variant or conversation
+    assert sum(t.count("### Comando:") > 1 for t in texts) > 10  # conversations are there
+    assert len(texts) > 3 * 30 * 4  # 8 variants a record each epoch (auto for 30 records), not the records alone
+
+
+def test_augment_none_and_conversations_none_train_the_records_alone(tmp_path, monkeypatch):
+    seen = captured_batches(monkeypatch)
+    sft(tmp_path / "run", ASSETS / "seed.jsonl", base="none", tokenizer="char", augment=0, conversations=0,
+        model={"context_size": 256, "d_model": 32, "n_heads": 2, "n_layers": 1}, train={"max_steps": 1, "show_progress": False})
+    texts = trained_questions(seen)
+    assert sorted(texts) == sorted(
+        f"### Comando:\n{r['instruction']}\n\n### Resposta:\n{r['response']}" for r in SEED for _ in range(3))

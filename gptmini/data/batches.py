@@ -5,7 +5,7 @@ position as JSON, so a resumed run sees exactly the batches the uninterrupted ru
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -165,14 +165,21 @@ class ExampleBatches:
     """
 
     def __init__(self, sequences: list[tuple[list[int], list[int]]], batch_size: int, seed: int, pad_id: int,
-                 group_chunks: int = 64) -> None:
+                 group_chunks: int = 64, extra: Callable[[int], list[tuple[list[int], list[int]]]] | None = None) -> None:
         if not sequences:
             raise GptminiError("no training examples left to batch")
-        self.sequences, self.batch_size, self.seed, self.pad_id = sequences, batch_size, seed, pad_id
+        self.base, self.extra, self.batch_size, self.seed, self.pad_id = sequences, extra, batch_size, seed, pad_id
         self.group = batch_size * group_chunks
-        self.epoch, self.index = 0, 0
-        self._order = self._epoch_batches(0)
-        self.tokens_per_epoch = sum(len(ids) - 1 for ids, _ in sequences)  # inputs, for the training plan
+        self.index = 0
+        self._start_epoch(0)
+        self.tokens_per_epoch = sum(len(ids) - 1 for ids, _ in self.sequences)  # inputs, for the training plan
+
+    def _start_epoch(self, epoch: int) -> None:
+        """extra(epoch): sequences made anew for each pass (question variants, conversations), added to
+        the fixed ones; a function of the epoch, so a resumed run sees what the first one would have."""
+        self.epoch = epoch
+        self.sequences = self.base + self.extra(epoch) if self.extra else self.base
+        self._order = self._epoch_batches(epoch)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
@@ -193,8 +200,8 @@ class ExampleBatches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.index == len(self._order):
-            self.epoch, self.index = self.epoch + 1, 0
-            self._order = self._epoch_batches(self.epoch)
+            self.index = 0
+            self._start_epoch(self.epoch + 1)
         self.index += 1
         return self.collate(self._order[self.index - 1])
 
@@ -222,8 +229,8 @@ class ExampleBatches:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
-        self._order = self._epoch_batches(self.epoch)
+        self.index = state["index"]
+        self._start_epoch(state["epoch"])
 
 
 class PairBatch(NamedTuple):

@@ -1,0 +1,45 @@
+"""Multi-turn conversations made from single-turn examples, so the assistant answers turn 4 as turn 1.
+
+`chat`, the web page and the chat API send the whole conversation: the model answers its last
+question behind earlier questions and its own earlier answers. Trained on single questions only,
+it has never seen a question behind a conversation and answers it badly. Here single-turn
+examples are chained into conversations, every answer trained, each behind its whole question
+with the earlier turns before it.
+
+A template encodes each message on its own (templates.py), so a conversation's (ids, labels) are
+its turns' (ids, labels) one after the other: chaining needs no second encoding, and a chain is
+only made as long as it fits the context, so no turn is ever cut or dropped.
+"""
+from __future__ import annotations
+
+import random
+
+from .records import Example
+
+Sequence = tuple[list[int], list[int]]
+
+
+def single_turn(example: Example) -> bool:
+    """One question and its answer, no system message (a system text belongs at a conversation's start)."""
+    return [m["role"] for m in example.messages] == ["user", "assistant"]
+
+
+def chain(lengths: list[int], max_turns: int, length: int, rng: random.Random) -> list[list[int]]:
+    """The examples (given by their token counts) in a random order, grouped into conversations: each
+    group draws a size from 1 to max_turns turns and takes examples while they fit in `length` tokens.
+    Every example lands in exactly one group; a group of one is a question asked alone."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    groups, i = [], 0
+    while i < len(order):
+        size, group, used = rng.randint(1, max_turns), [], 0
+        while i < len(order) and len(group) < size and (not group or used + lengths[order[i]] <= length):
+            group.append(order[i])
+            used += lengths[order[i]]
+            i += 1
+        groups.append(group)
+    return groups
+
+
+def joined(sequences: list[Sequence]) -> Sequence:
+    return [t for ids, _ in sequences for t in ids], [t for _, labels in sequences for t in labels]
