@@ -72,20 +72,27 @@ class Variety:
         self.augment, self.max_turns, self.seed, self.answer_tokens = augment, max_turns, seed, answer_tokens
         self.counts: dict[str, int] = {}
 
+    def forms(self, epoch: int) -> list[Example]:
+        if not self.augment:
+            return []
+        return variants.readable(variants.augment(self.examples, self.augment, self.seed * 100_003 + epoch),
+                                 self.tokenizer)
+
     def __call__(self, epoch: int) -> list[tuple[list[int], list[int]]]:
-        forms = variants.readable(variants.augment(self.examples, self.augment, self.seed * 100_003 + epoch), self.tokenizer) \
-            if self.augment else []
+        forms = self.forms(epoch)
         pool = [e for e in forms or self.examples if chats.single_turn(e)]
         encoded = [self.template.encode(self.tokenizer, e.messages) for e in pool]
-        rng = random.Random(f"{self.seed}:{epoch}")
-        groups = (chats.chain([len(ids) for ids, _ in encoded], self.max_turns, self.context + 1, rng)
-                  if self.max_turns >= 2 else [[i] for i in range(len(encoded))])
+        groups = [[i] for i in range(len(encoded))]
+        if self.max_turns >= 2:
+            lengths, rng = [len(ids) for ids, _ in encoded], random.Random(f"{self.seed}:{epoch}")
+            groups = chats.chain(lengths, self.max_turns, self.context + 1, rng)
         conversations = [chats.joined([encoded[i] for i in group]) for group in groups if len(group) > 1]
-        alone = [encoded[group[0]] for group in groups if len(group) == 1] if forms else []
+        alone = [encoded[group[0]] for group in groups if len(group) == 1] if forms else []  # records: in base
         multi_turn = [self.template.encode(self.tokenizer, f.messages) for f in forms if not chats.single_turn(f)]
         self.counts = {"question_variants": len(forms), "conversations": len(conversations)}
         return ([piece for seq in alone for piece in answer_start(seq, self.answer_tokens, self.context)]
-                + [piece for seq in multi_turn for piece in fit_to_context(*seq, self.context + 1)[0]] + conversations)
+                + [piece for seq in multi_turn for piece in fit_to_context(*seq, self.context + 1)[0]]
+                + conversations)
 
 
 def describe_fit(outcomes: Counter, context: int, needed: list[int], share: float = 0.95) -> str:
