@@ -586,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("demo", "the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
     p.add_argument("--out", default="runs/demo", help="folder for both runs and the evaluation (replaced)")
     p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300, help="steps of pretraining the base")
-    p.add_argument("--sft-epochs", type=POSITIVE, default=8, help="passes over the instruction set in SFT")
+    p.add_argument("--sft-epochs", type=POSITIVE, default=6,
+                   help="passes over the instruction set in SFT (each with new question variants and conversations)")
     p.add_argument("--mix-ratio", type=FRACTION, default=0.3,
                    help="share of pretraining windows drawn from the instruction set (midtraining); 0 turns it off")
     p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of both runs")

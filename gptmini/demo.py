@@ -42,7 +42,7 @@ def base_sample(run: Path, seed: int = 0) -> str:
     return engine.generate([engine.encode_prompt(BASE_PROMPT, raw=True)], params)[0].text
 
 
-def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 8, seed: int = 0,
+def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 6, seed: int = 0,
          show_progress: bool = True, mix_ratio: float = 0.3, **sft_options) -> dict:
     """mix_ratio: share of pretraining windows drawn from the instruction set (0: no midtraining).
     sft_options: more of sft()'s arguments (augment, conversations, ...)."""
