@@ -189,15 +189,26 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
 
 
 def preview_masks(data: str | Path | None, base: str, template: str | None, fields: str | dict | None,
-                  tokenizer: str | None, vocab_size: int | None, n: int, encoding: str | None = None) -> str:
-    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked."""
+                  tokenizer: str | None, vocab_size: int | None, n: int, encoding: str | None = None,
+                  png: str | Path | None = None) -> str:
+    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked; with `png`,
+    also drawn there (plots.draw_mask)."""
+    if png and not Path(png).resolve().parent.is_dir():
+        raise GptminiError(f"--png {png}: the folder {Path(png).resolve().parent} does not exist")
     tmpl = get_template(template)
     examples = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding).examples
     if starts_without_checkpoint(base) or tokenizer:
         tok = new_tokenizer(tokenizer or "char", examples, tmpl, vocab_size)
     else:
         tok = checkpoint.load(base).tokenizer
-    return show_masks(examples, tok, tmpl, n)
+    text = show_masks(examples, tok, tmpl, n)
+    if png:
+        from .plots import draw_mask
+
+        encoded = [tmpl.encode(tok, e.messages) for e in examples[:n]]
+        draw_mask(encoded, tok, png, [f"{e.where} ({len(ids)} tokens)" for e, (ids, _) in zip(examples, encoded)])
+        text += f"\nmask picture: {png}"
+    return text
 
 
 def show_masks(examples: list[Example], tokenizer: Tokenizer, template: Template, n: int, color: bool | None = None) -> str:
