@@ -125,6 +125,13 @@ def add_lora_args(p: argparse.ArgumentParser, rank_note: str) -> None:
     p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
 
 
+def add_mask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--show-masks", type=POSITIVE_INT, metavar="N",
+                   help="print N formatted examples with trained tokens marked, then exit (default: off, train)")
+    p.add_argument("--png", help="with --show-masks: also draw them, tokens coloured by prompt/answer/end-of-text/"
+                                 "padding, into this PNG file (default: none)")
+
+
 def sampling_params(args: argparse.Namespace):
     from .engine import SamplingParams
 
@@ -330,9 +337,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_sft(args: argparse.Namespace) -> None:
     from .sft import preview_masks, sft
 
+    if args.png and not args.show_masks:
+        raise GptminiError("--png draws the masks that --show-masks N prints: give both")
     if args.show_masks:
         print(preview_masks(args.data, args.base, args.template, args.fields, args.tokenizer, args.vocab_size,
-                            args.show_masks, encoding=args.encoding, augment=args.augment,
+                            args.show_masks, encoding=args.encoding, png=args.png, augment=args.augment,
                             conversations=args.conversations))
         return
     if not args.out:
@@ -500,8 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "into overlapping windows")
     p.add_argument("--epochs", type=POSITIVE, help="train for this many passes over the data, instead of "
                                                    "--max-steps: giving both is an error (default: by --max-steps)")
-    p.add_argument("--show-masks", type=POSITIVE_INT, metavar="N",
-                   help="print N formatted examples with trained tokens marked, then exit (default: off, train)")
+    add_mask_args(p)
     add_variety_args(p)
     add_lora_args(p, " (default: off, every weight trained)")
     add_training_args(p)

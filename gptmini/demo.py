@@ -43,15 +43,16 @@ def base_sample(run: Path, seed: int = 0) -> str:
 
 
 def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 6, seed: int = 0,
-         show_progress: bool = True, mix_ratio: float = 0.3, **sft_options) -> dict:
+         show_progress: bool = True, mix_ratio: float = 0.3, model: dict | None = None, **sft_options) -> dict:
     """mix_ratio: share of pretraining windows drawn from the instruction set (0: no midtraining).
+    model: GPTConfig fields instead of DEMO_MODEL's (a notebook's quick run takes a tiny one).
     sft_options: more of sft()'s arguments (augment, conversations, ...)."""
     out = Path(out)
     started = time.time()
     common = {"seed": seed, "show_progress": show_progress, "batch_size": 16}
     print("== 1/3 pretraining a base model on the embedded Portuguese corpus"
           + (f", {mix_ratio:.0%} of its windows from the instruction set (midtraining)" if mix_ratio else ""))
-    base = pretrain(out / "base", tokenizer="bpe", vocab_size=2048, model=DEMO_MODEL, overwrite=True,
+    base = pretrain(out / "base", tokenizer="bpe", vocab_size=2048, model=model or DEMO_MODEL, overwrite=True,
                     train={**common, "max_steps": pretrain_steps, "lr": 2e-3, "eval_every": 50, "save_every": 100},
                     mix_data=DEMO_INSTRUCTIONS if mix_ratio else None, mix_ratio=mix_ratio)
     print(f"   base: {base['steps']} steps, best validation loss {base['best_val_loss']:.3f} "

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, progress
 from .data import records
 from .data.batches import ExampleBatches, fit_to_context
 from .data.records import Example, Records
@@ -146,8 +145,8 @@ def evaluate_model(ckpt, template: Template, examples: list[Example], params: Sa
     prompts = [engine.encode_prompt(e.messages[:-1]) for e in examples]
     completions = []
     name = name or str(ckpt.path)
-    for i in tqdm(range(0, len(prompts), batch_size), desc=f"answering ({Path(name).name})", unit="batch",
-                  leave=False, disable=not show_progress):
+    for i in progress.bar(show_progress, iterable=range(0, len(prompts), batch_size), leave=False,
+                          desc=f"answering ({Path(name).name})", unit="batch"):
         completions += engine.generate(prompts[i:i + batch_size], params)
     references = [e.messages[-1]["content"] for e in examples]
     answers = [c.text for c in completions]
@@ -269,10 +268,10 @@ def write_report(out: Path, reports: list[ModelReport], examples: list[Example],
 
 
 def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
-    from .plots import plt
+    from .plots import figure
 
     names = ["exact_match", "token_f1", "rouge_l", "chrf", "stop_rate"]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    fig, ax = figure(8, 4)
     width = 0.8 / len(reports)
     for k, r in enumerate(reports):
         values = [r.metrics[n] / (100 if n == "chrf" else 1) for n in names]
@@ -285,12 +284,11 @@ def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
     ax.set_title("answers vs references")
     fig.tight_layout()
     fig.savefig(png)
-    plt.close(fig)
 
 
 def plot_runs(png: Path, model_dirs: list[Path]) -> bool:
     """Train/validation loss of each checkpoint's run (metrics.jsonl beside it); False if none has one."""
-    from .plots import draw_run, plt, read_metrics
+    from .plots import draw_run, figure, read_metrics
 
     runs, seen = [], set()
     for d in model_dirs:  # best/ and last/ of one run share its metrics: draw the run once
@@ -304,7 +302,7 @@ def plot_runs(png: Path, model_dirs: list[Path]) -> bool:
             runs.append((d, rows))
     if not runs:
         return False
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    fig, ax = figure(8, 4)
     for d, rows in runs:
         draw_run(ax, rows, d.resolve().parent.name)
     ax.set_xlabel("step")
@@ -313,5 +311,4 @@ def plot_runs(png: Path, model_dirs: list[Path]) -> bool:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png)
-    plt.close(fig)
     return True

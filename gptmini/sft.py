@@ -253,26 +253,42 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
 
 def preview_masks(data: str | Path | None, base: str, template: str | None, fields: str | dict | None,
                   tokenizer: str | None, vocab_size: int | None, n: int, encoding: str | None = None,
-                  augment: int | str = DEFAULT_AUGMENT, conversations: int = DEFAULT_CONVERSATIONS) -> str:
-    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked, then
-    the question variants of the first of them and one chained conversation (epoch 0's)."""
+                  png: str | Path | None = None, augment: int | str = DEFAULT_AUGMENT,
+                  conversations: int = DEFAULT_CONVERSATIONS) -> str:
+    """`sft --show-masks N`: the first N examples as sft would train them, trained tokens marked, then the
+    question variants of the first of them and one chained conversation (epoch 0's); with `png`, the
+    examples also drawn there (plots.draw_mask)."""
+    if png and not Path(png).resolve().parent.is_dir():
+        raise GptminiError(f"--png {png}: the folder {Path(png).resolve().parent} does not exist")
     tmpl = get_template(template)
     examples = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding).examples
     if starts_without_checkpoint(base) or tokenizer:
         tok = new_tokenizer(tokenizer or "char", examples, tmpl, vocab_size)
     else:
         tok = checkpoint.load(base).tokenizer
-    shown = show_masks(examples, tok, tmpl, n)
-    augment = variants.auto_count(len(examples)) if augment == "auto" else augment
+    text = show_masks(examples, tok, tmpl, n) + variety_preview(examples, tok, tmpl, augment, conversations)
+    if png:
+        from .plots import draw_mask
+
+        encoded = [tmpl.encode(tok, e.messages) for e in examples[:n]]
+        draw_mask(encoded, tok, png, [f"{e.where} ({len(ids)} tokens)" for e, (ids, _) in zip(examples, encoded)])
+        text += f"\nmask picture: {png}"
+    return text
+
+
+def variety_preview(examples: list[Example], tok: Tokenizer, tmpl: Template, augment: int | str,
+                    conversations: int) -> str:
+    """The first record's question variants and a conversation chained from the first ones, as text."""
+    augment, text = variants.auto_count(len(examples)) if augment == "auto" else augment, ""
     forms = variants.readable(variants.augment(examples[:3], augment, seed=0), tok) if augment else []
     if forms:
-        shown += f"\n=== question variants of the first record (--augment {augment}; its answer as above):\n"
-        shown += "\n".join(f"  {v.messages[0]['content']}" for v in forms[:augment])
+        text += f"\n=== question variants of the first record (--augment {augment}; its answer as above):\n"
+        text += "\n".join(f"  {v.messages[0]['content']}" for v in forms[:augment])
     turns = [e for e in forms[::augment] or examples if chats.single_turn(e)][:min(3, conversations)]
     if conversations >= 2 and len(turns) >= 2:
         chained = Example([m for e in turns for m in e.messages], "a conversation chained from them")
-        shown += f"\n=== {chained.where} (--conversations {conversations}):\n" + show_masks([chained], tok, tmpl, 1)
-    return shown
+        text += f"\n=== {chained.where} (--conversations {conversations}):\n" + show_masks([chained], tok, tmpl, 1)
+    return text
 
 
 def show_masks(examples: list[Example], tokenizer: Tokenizer, template: Template, n: int, color: bool | None = None) -> str:

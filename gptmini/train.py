@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import checkpoint, lora
+from . import checkpoint, lora, progress
 from .distributed import World, world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
@@ -375,9 +375,8 @@ class Trainer:
         self.announce(self.plan())
         if not cfg.max_time:  # a time-boxed run's length is known once its pace is
             self.announce(self.epochs_warning(cfg.max_steps))
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
-                   disable=not (cfg.show_progress and self.world.main),
-                   dynamic_ncols=True)
+        bar = progress.bar(cfg.show_progress and self.world.main, total=cfg.max_steps, initial=self.step,
+                           desc="training", unit="step")
         window = {"loss": 0.0, "counted": 0, "trained": 0, "tokens": 0, "time": 0.0}
         stopped = None
         with graceful_interrupt(self), bar:
@@ -462,7 +461,7 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
                         **({"val": f"{val:.3f}"} if val is not None else {}))
-        if not self.cfg.show_progress:  # no bar to show the numbers: a plain line, as a log file wants
+        if not progress.shown(bar):  # no bar to show the numbers: a plain line, as a log file wants
             say(f"step {self.step:,}/{math.ceil(self.planned_steps()):,} | loss {record['train_loss']:.4f}"
                 + (f" | val {val:.4f}" if val is not None else "")
                 + f" | lr {lr:.2e} | {record['tokens_per_s']:,.0f} tokens/s")

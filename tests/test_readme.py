@@ -1,6 +1,7 @@
 """The README's Python blocks run as written: in order, in one namespace, as a reader pastes them."""
 import contextlib
 import re
+import shlex
 import socket
 from pathlib import Path
 
@@ -51,3 +52,40 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
         with server_for(block) as runnable:
             exec(compile(runnable, f"README.md, python block {number}", "exec"), namespace)
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+PT_BR = README.with_name("README.pt-BR.md")
+
+
+def shown_commands(markdown: str) -> list[list[str]]:
+    """Every `gptmini ...` command in the bash blocks, as argv (continuation lines joined, comments and
+    pipes cut: `echo x | gptmini chat ...` gives the chat command)."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", markdown, flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            segment: list[str] = []
+            for word in shlex.split(line, comments=True) + ["|"]:
+                if word not in ("|", "&&"):
+                    segment.append(word)
+                    continue
+                if segment[:1] == ["gptmini"]:
+                    commands.append(segment[1:])
+                segment = []
+    return commands
+
+
+def test_the_portuguese_readme_is_linked_from_the_top_of_the_readme():
+    assert "(README.pt-BR.md)" in README.read_text(encoding="utf-8").split("## Quick start")[0]
+
+
+def test_every_command_the_portuguese_readme_shows_exists_with_those_flags(capsys):
+    from gptmini.cli import build_parser
+
+    commands = shown_commands(PT_BR.read_text(encoding="utf-8"))
+    assert len(commands) >= 15 and {argv[0] for argv in commands} >= {"pretrain", "sft", "eval", "chat", "serve"}
+    parser = build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README.pt-BR.md shows `gptmini {shlex.join(argv)}`: {capsys.readouterr().err.strip()}")

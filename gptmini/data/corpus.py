@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .. import progress
 from ..errors import GptminiError
 from ..tokenizer import Tokenizer
 
@@ -152,8 +153,8 @@ def prepare(files: list[Path], tokenizer: Tokenizer, out_dir: Path, val_fraction
     dtype = token_dtype(tokenizer.vocab_size)
     every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
     counts = {"train": 0, "val": 0}
-    bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="tokenizing",
-               disable=not show_progress)
+    bar = progress.bar(show_progress, total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
+                       desc="tokenizing")
     try:
         unknown = _write_splits(files, tokenizer, out_dir, dtype, every, counts, bar)
         if counts["train"] == 0:
