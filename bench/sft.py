@@ -42,14 +42,16 @@ class Meter:
         return self.trained / sum(self.times[WARMUP:])
 
 
-def run_ours(sequences, tokenizer) -> tuple[float, float]:
+def run_ours(sequences, tokenizer, model_config: dict = BENCH_MODEL, device: str = "cpu", precision: str = "fp32",
+             steps: int = STEPS) -> tuple[float, float]:
+    """(response tokens trained/s, padding waste); bench/gpu.py runs it on a GPU in bf16."""
     torch.manual_seed(0)
-    model = GPTMini(GPTConfig(**BENCH_MODEL))
+    model = GPTMini(GPTConfig(**model_config))
     batches = ExampleBatches(sequences, BATCH, seed=0, pad_id=tokenizer.pad_id)
-    trainer = Trainer(model, tokenizer, batches, None, TrainConfig(batch_size=BATCH, lr=LR, show_progress=False),
-                      tempfile.mkdtemp())
+    cfg = TrainConfig(batch_size=BATCH, lr=LR, show_progress=False, device=device, precision=precision)
+    trainer = Trainer(model, tokenizer, batches, None, cfg, tempfile.mkdtemp())
     meter = Meter()
-    for _ in range(STEPS):
+    for _ in range(steps):  # train_step reads its loss from the device: each step is timed to its end
         state = batches.state_dict()
         _, targets = batches.next()
         batches.load_state_dict(state)  # the trainer takes the very same batch
@@ -59,7 +61,8 @@ def run_ours(sequences, tokenizer) -> tuple[float, float]:
     return meter.rate(), batches.padding_waste()
 
 
-def run_trl(records, template, tokenizer) -> tuple[float, float]:
+def run_trl(records, template, tokenizer, model_config: dict = BENCH_MODEL, device: str = "cpu",
+            precision: str = "fp32", steps: int = STEPS) -> tuple[float, float]:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerFast, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -69,7 +72,7 @@ def run_trl(records, template, tokenizer) -> tuple[float, float]:
     data = Dataset.from_list([{"prompt": template.prompt_text(e.messages[0]["content"]),
                                "completion": e.messages[1]["content"]} for e in records])
     torch.manual_seed(0)
-    model = hf_llama(GPTConfig(**BENCH_MODEL))
+    model = hf_llama(GPTConfig(**model_config))
     meter = Meter()
 
     class Clock(TrainerCallback):
@@ -77,12 +80,15 @@ def run_trl(records, template, tokenizer) -> tuple[float, float]:
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            if device != "cpu":
+                torch.cuda.synchronize()  # the GPU's work, not only its launch
             meter.times.append(time.perf_counter() - self.start)
 
-    config = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=STEPS,
-                       learning_rate=LR, completion_only_loss=True, max_length=BENCH_MODEL["context_size"] + 1,
-                       packing=False, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-                       dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    config = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
+                       learning_rate=LR, completion_only_loss=True, max_length=model_config["context_size"] + 1,
+                       packing=False, report_to=[], save_strategy="no", logging_strategy="no",
+                       use_cpu=device == "cpu", bf16=precision == "bf16", dataloader_num_workers=0, seed=0,
+                       disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=hf_tok, callbacks=[Clock()])
     collate, batches = trainer.data_collator, []
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .data.templates import Template
+from .device import resolve_device
 from .errors import GptminiError
 from .model import GPTConfig, GPTMini
 from .tokenizer import Tokenizer
@@ -132,7 +133,8 @@ def read_config(path: str | Path) -> dict:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """A checkpoint directory, or a run folder (its last/ checkpoint)."""
+    """A checkpoint directory, or a run folder (its last/ checkpoint), on `device` (auto: device.py's choice)."""
+    device = resolve_device(device)  # a device this machine lacks fails before the files are read
     path = resolve_run(path)
     config = read_config(path)
     try:

@@ -94,9 +94,36 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="end the answer where this string appears (not printed); repeatable")
 
 
-def add_quantize_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quantize", choices=["int8"], help="int8: weight-only int8 products (CPU), a quarter of the "
-                                                       "weight bytes per token (default: none, float32)")
+def device_name(text: str) -> str:
+    """An argparse type: a --device this machine has, else a usage error (exit 2) naming what this torch can use,
+    before any data or model is read."""
+    from .device import resolve_device
+
+    try:
+        resolve_device(text)
+    except GptminiError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--device ")) from None
+    return text
+
+
+device_name.__name__ = "device"  # argparse names the type in its own messages
+DEVICE_HELP = "auto (a CUDA GPU, else Apple's MPS, else the CPU; said at the start), cpu, cuda, cuda:N or mps"
+
+
+def add_device_args(p: argparse.ArgumentParser, quantize: bool = True) -> None:
+    """--device of a verb that loads a model to answer with (and its --quantize)."""
+    p.add_argument("--device", type=device_name, default="auto", help="where the model runs: " + DEVICE_HELP)
+    if quantize:
+        p.add_argument("--quantize", choices=["int8"], help="int8: weight-only int8 products (CPU: with --device "
+                                                           "cpu on a GPU machine), a quarter of the weight bytes per "
+                                                           "token (default: none, float32)")
+
+
+def say_device(requested: str) -> None:
+    """Where the model runs, on stderr (stdout keeps the answers)."""
+    from .device import describe, resolve_device
+
+    print(f"device: {describe(resolve_device(requested), requested)}", file=sys.stderr)
 
 
 def add_record_format_args(p: argparse.ArgumentParser) -> None:
@@ -170,6 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .engine import Engine
 
     ckpt = load(args.model, device=args.device)
+    say_device(args.device)
     template = get_template(args.template) if args.template else ckpt.template
     engine = Engine(ckpt.model, ckpt.tokenizer, template, args.quantize)
     params = sampling_params(args)
@@ -212,6 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out or model.parent / "eval" / model.name)
     template = get_template(args.template) if args.template else None
     compare_fp32 = args.quantize is not None and args.compare is not None
+    say_device(args.device)
     reports = run_eval([model, *(args.compare or [])], records.examples, out, sampling_params(args), template,
                        args.batch_size, records.skipped, args.device, not args.no_progress, args.quantize,
                        compare_fp32)
@@ -229,6 +258,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .engine import Engine
 
     ckpt = load(args.model, device=args.device)
+    say_device(args.device)
     template = get_template(args.template) if args.template else ckpt.template
     if template is None:  # a base model: it was never taught a template, so any is a guess
         template = get_template()
@@ -269,13 +299,14 @@ TRAIN_FLAGS = {
                            "allow at the measured pace (default: no limit)"),
     # numpy's generators (the validation split) take no negative seed
     "seed": (NONNEGATIVE_INT, "seed of the initial weights, the data order and the validation split"),
-    "device": (str, "where to train: cpu, cuda, cuda:N or mps"),
+    "device": (device_name, "where to train: " + DEVICE_HELP),
 }
 
 
 def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, train_defaults: dict | None = None) -> None:
     """The training flags; model_flags=False for a verb whose model is always a checkpoint's (dpo);
     train_defaults: the verb's own defaults for some TrainConfig fields (shown in the help)."""
+    from .device import PRECISIONS
     from .pretrain import DEFAULT_MODEL
     from .train import TrainConfig
 
@@ -292,7 +323,10 @@ def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, trai
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text + shown)
     train.add_argument("--schedule", choices=["cosine", "linear", "constant"],
                        help="how the learning rate decays after the warmup" + default_is(defaults.schedule))
-    train.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CUDA)")
+    train.add_argument("--precision", choices=PRECISIONS, help="mixed precision (autocast; weights and checkpoints "
+                       "stay fp32): auto is bf16 on a GPU that has it natively (compute capability >= 8), else fp32; "
+                       "fp16 (CUDA) trains with a gradient scaler" + default_is(defaults.precision))
+    train.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="--precision bf16")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None,
                        help="no progress bars: a plain line every --log-every steps instead (for log files)")
@@ -318,7 +352,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
-    return given(args, [*TRAIN_FLAGS, "schedule", "bf16", "compile", "show_progress"])
+    return given(args, [*TRAIN_FLAGS, "schedule", "precision", "compile", "show_progress"])
 
 
 def print_summary(summary: dict, out: str) -> None:
@@ -365,6 +399,7 @@ def cmd_dpo(args: argparse.Namespace) -> None:
 def cmd_pairs(args: argparse.Namespace) -> None:
     from .pairs import make_pairs
 
+    say_device(args.device)
     make_pairs(args.model, args.data, args.out, args.similar, args.fields, args.encoding, args.batch_size,
                args.max_new_tokens, args.device, show_progress=not args.no_progress)
 
@@ -437,8 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", help="text encoding of --file (default UTF-8)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (--file, stdin)")
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
-    add_quantize_arg(p)
+    add_device_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -452,9 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "template among the models)")
     p.add_argument("--out", help="report folder (default: beside the checkpoint, RUN/eval/last for RUN/last)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
-    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
-    add_quantize_arg(p)
+    add_device_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -463,8 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="override the checkpoint's template (default: the checkpoint's; comando for "
                                       "a model without one)")
     p.add_argument("--system", help="system message, said before the conversation (default: none)")
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
-    add_quantize_arg(p)
+    add_device_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
@@ -551,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_format_args(p)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together")
     p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128, help="most tokens per answer")
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
+    add_device_args(p, quantize=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
     p.set_defaults(func=cmd_pairs)
 
@@ -567,8 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests decoded together, one batched step per token; on a CPU a step of 8 costs about "
                         "2x a step of 1 (the weights stream once for all), beyond ~16 each user's latency grows")
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
-    add_quantize_arg(p)
+    add_device_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = verb("export", "write a checkpoint as a Hugging Face transformers (Llama) model, or as GGUF for "

@@ -32,19 +32,26 @@ class World:
         if self.size == 1:
             return value
         on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-        t = torch.tensor([value], dtype=torch.float64, device=f"cuda:{self.local_rank}" if on_gpu else "cpu")
-        dist.all_reduce(t)
-        return t.item()
+        return self.sums(torch.tensor([value], dtype=torch.float64, device=f"cuda:{self.local_rank}" if on_gpu else "cpu"))[0]
+
+    def sums(self, values: torch.Tensor) -> list[float]:
+        """A tensor of the training device summed over the processes, read to the host: one sync."""
+        if self.size > 1:
+            dist.all_reduce(values)
+        return values.tolist()
 
     def any(self, flag: bool) -> bool:
         return self.sum(float(flag)) > 0
 
 
-def world(device: str = "cpu") -> World:
-    """This process's place; initialises the process group on first use under torchrun."""
+def world(device: torch.device = torch.device("cpu")) -> World:
+    """This process's place; initialises the process group on first use under torchrun (NCCL for a CUDA
+    device, bound to it: its collectives then run on this process's GPU, not all on the first)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

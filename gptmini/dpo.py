@@ -31,6 +31,7 @@ from . import checkpoint, lora
 from .data.batches import PairBatch, PairBatches, fit_to_context
 from .data.preferences import Pair, read_pairs
 from .data.templates import Template, get_template
+from .device import to_device
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
 from .pretrain import resolve_train_config
@@ -120,10 +121,10 @@ class DPOLoss:
     def sizes(self, batch: PairBatch) -> tuple[int, int, int]:
         return len(batch.index), int((batch.idx != self.pad_id).sum()), int((batch.targets != IGNORE_INDEX).sum())
 
-    def loss(self, forward, batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, forward, batch: PairBatch, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if batch.reference is None:
             raise RuntimeError("reference log-probabilities not cached: call cache_reference first")
-        idx, targets = batch.idx.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
+        idx, targets = to_device(batch.idx, device), to_device(batch.targets, device)
         chosen, rejected = sequence_logps(forward, idx, targets).chunk(2)
         ref_chosen, ref_rejected = batch.reference.to(device).chunk(2)
         chosen_tokens, rejected_tokens = (targets != IGNORE_INDEX).sum(dim=1).chunk(2)
@@ -133,7 +134,7 @@ class DPOLoss:
         metrics = {"rewards/chosen": out.chosen_rewards.sum(), "rewards/rejected": out.rejected_rewards.sum(),
                    "rewards/accuracies": (margins > 0).float().sum(), "rewards/margins": margins.sum(),
                    "logps/chosen": chosen.detach().sum(), "logps/rejected": rejected.detach().sum()}
-        return out.losses.sum(), {name: value.item() for name, value in metrics.items()}
+        return out.losses.sum(), metrics  # tensors: the loop adds them up on the device
 
 
 # -- the reference ---------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def dpo(out: str | Path, data: str | Path, base: str | None = None, fields: str 
     out = Path(out)
     records = read_pairs(data, fields, encoding)
     print(f"data: {records.report()}")
-    w = prepare_output(out, resume, overwrite, (train or {}).get("device", "cpu"))
+    w = prepare_output(out, resume, overwrite, train)
     cfg = resolve_train_config(out, resume, {**({} if resume else DPO_TRAIN), **(train or {})})
     if resume:
         net, tok, tmpl, meta = load_run(out, cfg.device, dropout=0.0)
@@ -243,7 +244,7 @@ def dpo(out: str | Path, data: str | Path, base: str | None = None, fields: str 
         print(no_validation_note("--val-fraction 0" if not val_fraction else
                                  f"--val-fraction {val_fraction} of {len(records.pairs)} pairs is under one pair"))
     # The reference is the model as it starts: before adapters (LoRA) or any step.
-    reference_for_run(out, net, {"train": train_batches, "val": val_batches}, resume, cfg.device, w.main)
+    reference_for_run(out, net, {"train": train_batches, "val": val_batches}, resume, net.embed.weight.device, w.main)
     if lora_rank and not resume:
         torch.manual_seed(cfg.seed)  # the adapters' initialisation
         print(lora.add_lora(net, lora_rank, lora_alpha, lora_embeddings))

@@ -7,6 +7,13 @@
   otherwise F.linear.
 - LinearCrossEntropy: the summed cross-entropy of the output head, chunked; equals
   F.cross_entropy(x @ weight.T, targets, ignore_index=-100, reduction="sum") (GPTMini.loss).
+
+Under autocast (bf16/fp16 training) each computes in the dtype autocast gives the plain version, on any
+device: what torch.amp.custom_fwd/custom_bwd do for one device type given in advance. RoPE and SwiGLU
+work in their input's dtype (the projection's, autocast's) as the plain ops do; the head's matmuls,
+forward and backward, take autocast's dtype, read from the input's device (compute_dtype), the softmax
+and the loss fp32. Their backwards run on tensors whose dtypes forward fixed, so autocast's state
+there does not matter. tests/test_model.py checks each against its plain version under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -17,6 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100  # targets with this value (prompt, padding) count for nothing
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast gives a matmul of `x` on its device; x's own dtype outside autocast."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -48,14 +61,14 @@ class RotaryQKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, cos, sin, n_heads: int, n_kv_heads: int):
         ctx.save_for_backward(cos, sin)
-        ctx.sizes = (n_heads, n_kv_heads, n_kv_heads)
+        ctx.sizes, ctx.dtype = (n_heads, n_kv_heads, n_kv_heads), qkv.dtype
         q, k, v = rotary_qkv(qkv, cos, sin, n_heads, n_kv_heads)
         return q, k, v.clone()  # v is a view of the input: autograd wants outputs of their own
 
     @staticmethod
     def backward(ctx, grad_q, grad_k, grad_v):
         cos, sin = ctx.saved_tensors
-        grad = grad_q.new_empty(*grad_q.shape[:2], sum(ctx.sizes), grad_q.shape[-1])
+        grad = grad_q.new_empty(*grad_q.shape[:2], sum(ctx.sizes), grad_q.shape[-1], dtype=ctx.dtype)
         into_q, into_k, into_v = grad.split(ctx.sizes, dim=2)
         rotate(grad_q, cos, -sin, into_q), rotate(grad_k, cos, -sin, into_k), into_v.copy_(grad_v)
         return grad, None, None, None, None
@@ -80,6 +93,7 @@ class SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gate_up, silu_gate = ctx.saved_tensors
+        grad = grad.to(gate_up.dtype)  # silu_backward takes one dtype; a caller's fp32 gradient meets bf16 here
         gate, up = gate_up.chunk(2, dim=-1)
         grad_gate_up = torch.empty_like(gate_up)
         grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
@@ -121,11 +135,13 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, chunk: int = 1024):
+        dtype = compute_dtype(x)
+        cast, w = x.to(dtype), weight.to(dtype)  # once, not once a chunk as autocast would
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x, grad_w = torch.empty_like(x), torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, x.shape[0], chunk):
-            xs, ts = x[start:start + chunk], targets[start:start + chunk]
-            logits = (xs @ weight.t()).float()
+            xs, ts = cast[start:start + chunk], targets[start:start + chunk]
+            logits = (xs @ w.t()).float()
             valid = ts != IGNORE_INDEX
             safe = ts.clamp(min=0)
             target_logit = logits.gather(1, safe[:, None]).squeeze(1)
@@ -135,8 +151,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             total += ((peak.squeeze(1) + norm.log() - target_logit) * valid).sum()
             grad.mul_((valid / norm)[:, None])  # softmax on counted rows, zero elsewhere
             grad[torch.arange(len(ts), device=x.device), safe] -= valid.float()
-            grad_x[start:start + chunk] = (grad.to(xs.dtype) @ weight).to(x.dtype)
-            grad_w.addmm_(grad.t(), xs.float())
+            grad_x[start:start + chunk] = grad.to(dtype) @ w
+            if dtype == torch.float32:
+                grad_w.addmm_(grad.t(), xs)
+            else:  # the product in autocast's dtype, summed over the chunks in fp32
+                grad_w += grad.t().to(dtype) @ xs
         ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return total
 

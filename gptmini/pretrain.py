@@ -28,6 +28,8 @@ def resolve_train_config(out: Path, resume: bool, overrides: dict) -> TrainConfi
         base = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
         if "betas" in base:
             base["betas"] = tuple(base["betas"])
+        if saved.get("bf16"):  # a run saved before --precision: its --bf16
+            base.setdefault("precision", "bf16")
     return TrainConfig(**{**base, **overrides})
 
 
@@ -76,7 +78,7 @@ def pretrain(out: str | Path, data: list[str | Path] | None = None, tokenizer: s
     """
     out = Path(out)
     files = corpus_files(data or [DEFAULT_CORPUS])
-    w = prepare_output(out, resume, overwrite, (train or {}).get("device", "cpu"))
+    w = prepare_output(out, resume, overwrite, train)
     cfg = resolve_train_config(out, resume, train or {})
     if resume:
         ckpt = checkpoint.load(out / "last", device=cfg.device)

@@ -46,7 +46,8 @@ def quantize(model: GPTMini, mode: str | None) -> GPTMini:
     if mode not in QUANTIZE_CHOICES:
         raise GptminiError(f"unknown quantization {mode!r}; choose from {', '.join(QUANTIZE_CHOICES)}")
     if model.embed.weight.device.type != "cpu":
-        raise GptminiError("--quantize int8 runs on the CPU (PyTorch's int8 weight-only kernel); drop --device")
+        raise GptminiError(f"--quantize int8 runs on the CPU (PyTorch's int8 weight-only kernel), not on "
+                           f"{model.embed.weight.device}: give --device cpu, or drop --quantize")
     quantized = copy.deepcopy(model).eval()
     for module in list(quantized.modules()):
         for name, child in module.named_children():

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import checkpoint
 from .data.templates import get_template
+from .device import describe, resolve_device
 from .engine import Completion, Engine, SamplingParams
 from .errors import GptminiError
 from .scheduler import MAX_BATCH, Scheduler
@@ -352,7 +353,8 @@ def run_server(model: str | Path, host: str = "127.0.0.1", port: int = 8000, **o
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
     server = app.state.server
-    print(f"gptmini serving {model} as {server.name!r}: web chat at {url}/, OpenAI API at {url}/v1 "
+    requested = options.get("device", "cpu")
+    print(f"gptmini serving {model} as {server.name!r} on {describe(resolve_device(requested), requested)}: web chat at {url}/, OpenAI API at {url}/v1 "
           f"({server.max_batch} decoded together, {server.capacity - server.max_batch} more may wait, beyond that 429)",
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -201,7 +201,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     out = Path(out)
     records = read_examples(data or DEFAULT_INSTRUCTIONS, fields, encoding=encoding)
     print(f"data: {records.report()}")
-    prepare_output(out, resume, overwrite, (train or {}).get("device", "cpu"))
+    prepare_output(out, resume, overwrite, train)
     cfg_overrides = dict(train or {})
     if resume:
         cfg = resolve_train_config(out, True, cfg_overrides)

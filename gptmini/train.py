@@ -2,10 +2,12 @@
 batches they feed it and the objective that turns a micro-batch into a loss (next-token cross-entropy
 by default; DPO's pair loss in dpo.py).
 
-AdamW (fused where available), linear warmup then cosine/linear decay, gradient clipping, gradient
+AdamW (fused), linear warmup then cosine/linear decay, gradient clipping, gradient
 accumulation with the loss averaged over every counted token of the whole accumulated batch,
 periodic validation, `last`/`best` checkpoints with a full training state for exact resume,
 metrics.jsonl and a loss-curve PNG. Ctrl-C finishes the current step, saves, and exits cleanly.
+The device and the mixed precision are device.py's (auto: a GPU if there is one, bf16 where it is
+native); a step's losses add up on the device and are read once, at its end.
 
 Before the first step the run says its plan (parameters, tokens, steps, epochs), then the time it
 will take once the first steps are measured. With a time budget (max_time) the decay is fitted to
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import checkpoint, lora, progress
+from .device import Precision, describe, precision_text, resolve_device, resolve_precision, to_device
 from .distributed import World, world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
@@ -59,8 +62,8 @@ class TrainConfig:
     log_every: int = 10
     max_time: float | None = None  # seconds; stop (and save) when exceeded
     seed: int = 0
-    device: str = "cpu"
-    bf16: bool = False  # autocast to bfloat16 (CUDA)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (device.resolve_device)
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (device.resolve_precision); the weights stay fp32
     compile: bool = False  # torch.compile the model (CUDA users)
     show_progress: bool = True
 
@@ -80,7 +83,7 @@ class Objective(Protocol):
     counted in all of them (trained tokens, pairs), and logs the metrics averaged the same way."""
 
     def sizes(self, batch) -> tuple[int, int, int]: ...  # (units the loss averages over, input tokens, trained tokens)
-    def loss(self, forward, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]: ...  # sums
+    def loss(self, forward, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...  # sums
 
 
 class NextTokenLoss:
@@ -95,7 +98,7 @@ class NextTokenLoss:
         return counted, int((idx != self.pad_id).sum()), counted
 
     def loss(self, forward, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
-        idx, targets = (t.to(device, non_blocking=True) for t in batch)
+        idx, targets = (to_device(t, device) for t in batch)
         # Training takes the fused head; under no_grad (validation) the model computes the logits path.
         _, loss_sum = forward(idx, targets, loss_reduction="sum", return_logits=False)
         return loss_sum, {}
@@ -188,12 +191,15 @@ def no_validation_note(reason: str) -> str:
     return f"note: no validation ({reason}), so no best/ checkpoint will be written: last/ is the final model"
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool, device: str = "cpu") -> World:
+def prepare_output(out: Path, resume: bool, overwrite: bool, train: dict | None = None) -> World:
     """Refuses to mix runs: an output folder holding one needs --resume or --overwrite.
 
     Under torchrun only rank 0 checks and clears the folder; the others wait for it. Returns the
-    process's place in the world.
+    process's place in the world. A device this machine lacks, or a precision it cannot train in
+    (`train`'s TrainConfig fields), is refused here, before any work.
     """
+    device = resolve_device((train or {}).get("device", TrainConfig.device))
+    resolve_precision((train or {}).get("precision", TrainConfig.precision), device)
     w = world(device)
     if w.main:
         _check_output(out, resume, overwrite)
@@ -216,6 +222,17 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def add_up(sums: dict[str, torch.Tensor], loss_sum: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+    """Adds a micro-batch's loss and metrics (sums) into `sums`, on the device: no host sync."""
+    for name, value in {"loss": loss_sum, **metrics}.items():
+        sums[name] = sums.get(name, 0) + value.detach().float()
+
+
+def means(sums: dict[str, torch.Tensor], count: int, w: World = World()) -> dict[str, float]:
+    """The sums (over the processes of `w`) divided by `count`: one read of the device."""
+    return {name: value / max(count, 1) for name, value in zip(sums, w.sums(torch.stack(list(sums.values()))))}
 
 
 @contextmanager
@@ -245,12 +262,12 @@ class Trainer:
         self.model, self.tokenizer, self.train_batches, self.val_batches = model, tokenizer, train, val
         self.objective = objective or NextTokenLoss(tokenizer.pad_id)
         self.cfg, self.out, self.meta = cfg, Path(out), dict(meta or {})
-        self.world = world(cfg.device)
+        self.device = resolve_device(cfg.device)
+        self.precision = Precision(resolve_precision(cfg.precision, self.device), self.device)
+        self.world = world(self.device)
         if cfg.grad_accum % self.world.size:
             raise GptminiError(f"--grad-accum {cfg.grad_accum} is not a multiple of the {self.world.size} processes: "
                                "each process takes an equal share of every step's micro-batches")
-        device = f"cuda:{self.world.local_rank}" if cfg.device == "cuda" and self.world.size > 1 else cfg.device
-        self.device = torch.device(device)
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, cfg)
         self.forward = torch.compile(model) if cfg.compile else model
@@ -266,35 +283,25 @@ class Trainer:
 
     # -- one optimisation step ------------------------------------------------------------
     def train_step(self, lr: float) -> StepResult:
-        """One optimiser step over grad_accum micro-batches."""
+        """One optimiser step over grad_accum micro-batches; their losses are read from the device once, at its end."""
         micro = [self.train_batches.next() for _ in range(self.cfg.grad_accum)]
         counted, tokens, trained = (sum(column) for column in zip(*map(self.objective.sizes, micro)))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        total, sums = 0.0, {}
+        sums = {}
         mine = micro[self.world.rank::self.world.size]
         for i, batch in enumerate(mine):
             sync = nullcontext() if i == len(mine) - 1 or self.world.size == 1 else self.train_forward.no_sync()
-            with self.autocast(), sync:
+            with self.precision.autocast(), sync:
                 loss_sum, metrics = self.objective.loss(self.train_forward, batch, self.device)
                 # DDP averages gradients over processes; scaling by their number makes it a sum.
-                (loss_sum * self.world.size / max(counted, 1)).backward()
-            total += loss_sum.item()
-            for name, value in metrics.items():
-                sums[name] = sums.get(name, 0.0) + value
-        total = self.world.sum(total)
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+                self.precision.backward(loss_sum * self.world.size / max(counted, 1))
+            add_up(sums, loss_sum, metrics)
+        self.precision.step(self.optimizer, self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = {name: self.world.sum(value) / max(counted, 1) for name, value in sums.items()}
-        return StepResult(total / max(counted, 1), tokens, trained, counted, metrics)
-
-    def autocast(self):
-        if self.cfg.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        step = means(sums, counted, self.world)
+        return StepResult(step.pop("loss"), tokens, trained, counted, step)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float | None, dict]:
@@ -302,15 +309,13 @@ class Trainer:
         if self.val_batches is None:
             return None, {}
         self.model.eval()
-        total, count, sums = 0.0, 0, {}
+        count, sums = 0, {}
         for batch in self.val_batches.eval_batches(self.cfg.eval_batches):
-            with self.autocast():
-                loss_sum, metrics = self.objective.loss(self.forward, batch, self.device)
-            total += loss_sum.item()
+            with self.precision.autocast():
+                add_up(sums, *self.objective.loss(self.forward, batch, self.device))
             count += self.objective.sizes(batch)[0]
-            for name, value in metrics.items():
-                sums[name] = sums.get(name, 0.0) + value
-        return total / max(count, 1), {name: value / max(count, 1) for name, value in sums.items()}
+        val = means(sums, count)
+        return val.pop("loss"), val
 
     # -- the plan -------------------------------------------------------------------------
     def planned_steps(self) -> float:
@@ -344,6 +349,8 @@ class Trainer:
         else:
             parts[-1] += f", so the run is {epochs_text(self.epochs(steps))} epochs"
             parts.append("its duration is measured over the first steps")
+        parts.append(f"on {describe(self.device, cfg.device)} in "
+                     f"{precision_text(self.precision.name, cfg.precision, self.device)}")
         return "; ".join(parts)
 
     def pace_report(self) -> str:
@@ -422,7 +429,8 @@ class Trainer:
         summary = {"steps": self.step, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
                    "best_val_loss": self.best_val if self.best_val < math.inf else None,
                    "train_seconds": round(self.elapsed, 2),
-                   "tokens_per_s": round(self.tokens / max(self.elapsed, 1e-9), 1), "stopped": stopped}
+                   "tokens_per_s": round(self.tokens / max(self.elapsed, 1e-9), 1), "stopped": stopped,
+                   **({"skipped_steps": self.precision.skipped} if self.precision.scaler else {})}  # fp16 overflows
         if stopped == "interrupted":
             say(f"interrupted at step {self.step}: saved {self.out / 'last'}; continue with --resume")
         return summary

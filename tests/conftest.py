@@ -7,6 +7,16 @@ from gptmini.train import Trainer
 PT_TEXT = "Atenção, não é ação? O modelo de linguagem prevê a próxima palavra.\nÇÃO àéíóú ü ñ"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run on a CUDA GPU; without one they are skipped, with the reason."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def char_tokenizer() -> Tokenizer:
     return Tokenizer.train_char([PT_TEXT, "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ#:.,\n"])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
-from gptmini.kernels import Linear, RotaryQKV, SwiGLU
+from gptmini.kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU
 from gptmini.model import KVCache
 
 
@@ -183,6 +183,87 @@ def test_swiglu_backward_is_the_gradient_of_silu_gate_times_up():
     assert torch.autograd.gradcheck(SwiGLU.apply, (gate_up,))
     gate, up = gate_up.chunk(2, dim=-1)
     assert torch.allclose(SwiGLU.apply(gate_up), torch.nn.functional.silu(gate) * up)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+BF16 = 1e-2  # relative error of a whole tensor: bfloat16 keeps 8 significant bits, 0.2-0.4 % a rounding
+
+
+def under_bf16(device, fn, *leaves):
+    """fn's outputs under bf16 autocast, and the gradients wrt the fp32 leaves of a fixed weighting of them."""
+    with torch.autocast(device, dtype=torch.bfloat16):
+        outs = fn(*leaves)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    torch.manual_seed(1)
+    total = sum((o.float() * torch.randn(o.shape, device=device)).sum() for o in outs)
+    return outs, torch.autograd.grad(total, leaves)
+
+
+def assert_close_bf16(ours, plain):
+    (ours_out, ours_grads), (plain_out, plain_grads) = ours, plain
+    for a, b in zip(ours_out + ours_grads, plain_out + plain_grads):
+        error = torch.linalg.norm(a.float() - b.float()) / torch.linalg.norm(b.float())
+        assert a.shape == b.shape and error < BF16, error
+
+
+def projection_leaves(device, n_out):
+    """x (2, 7, 32) and a projection weight, fp32 leaves as the model's are: autocast makes the product bf16."""
+    torch.manual_seed(0)
+    return (torch.randn(2, 7, 32, device=device, requires_grad=True),
+            (torch.randn(n_out, 32, device=device) / 4).requires_grad_())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_qkv_under_bf16_autocast_equals_textbook_rope_gradients_included(device):
+    n_heads, n_kv_heads, head_dim = 4, 2, 8
+    leaves = projection_leaves(device, (n_heads + 2 * n_kv_heads) * head_dim)
+    angles = torch.rand(7, 1, head_dim // 2, device=device) * 7
+    cos, sin = angles.cos(), angles.sin()
+
+    def ours(x, w):
+        qkv = torch.nn.functional.linear(x, w).view(2, 7, -1, head_dim)
+        return RotaryQKV.apply(qkv, cos, sin, n_heads, n_kv_heads)
+
+    def plain(x, w):
+        q, k, v = torch.nn.functional.linear(x, w).view(2, 7, -1, head_dim).split((n_heads, n_kv_heads, n_kv_heads), 2)
+        return textbook_rope(q, cos, sin), textbook_rope(k, cos, sin), v
+
+    result = under_bf16(device, ours, *leaves)
+    assert [t.dtype for t in result[0]] == [torch.bfloat16] * 3  # autocast's dtype, the one attention takes
+    assert_close_bf16(result, under_bf16(device, plain, *leaves))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_swiglu_under_bf16_autocast_equals_silu_gate_times_up_gradients_included(device):
+    leaves = projection_leaves(device, 2 * 24)
+
+    def plain(x, w):
+        gate, up = torch.nn.functional.linear(x, w).chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
+
+    result = under_bf16(device, lambda x, w: SwiGLU.apply(torch.nn.functional.linear(x, w)), *leaves)
+    assert result[0][0].dtype == torch.bfloat16
+    assert_close_bf16(result, under_bf16(device, plain, *leaves))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_head_loss_under_bf16_autocast_equals_cross_entropy_of_the_logits_gradients_included(device):
+    torch.manual_seed(0)
+    x = torch.randn(40, 32, device=device, requires_grad=True)
+    weight = (torch.randn(50, 32, device=device) / 4).requires_grad_()
+    targets = torch.randint(0, 50, (40,), device=device)
+    targets[:9] = IGNORE_INDEX
+
+    def plain(x, w):
+        return torch.nn.functional.cross_entropy((x @ w.t()).float(), targets, ignore_index=IGNORE_INDEX,
+                                                 reduction="sum")
+
+    ours = under_bf16(device, lambda x, w: LinearCrossEntropy.apply(x, w, targets, 16), x, weight)  # 3 chunks
+    assert_close_bf16(ours, under_bf16(device, plain, x, weight))
+    fp32 = LinearCrossEntropy.apply(x, weight, targets, 16)
+    # It computed in bf16, as autocast would, not in fp32 beside it: the loss and the gradients show the rounding.
+    assert not torch.allclose(ours[0][0], fp32, rtol=1e-5, atol=0)
+    assert ours[1][1].dtype == torch.float32  # the weight's gradient summed in fp32 over the chunks
 
 
 def test_training_and_inference_paths_give_the_same_logits():
