@@ -86,11 +86,11 @@ def gptmini_server(tmp_path, char_tokenizer):
     """gptmini_server(**create_app options) -> a LiveServer of `gptmini serve` on a tiny random model whose
     context holds a teacher's or a judge's prompt (a few hundred characters)."""
     config = GPTConfig(vocab_size=char_tokenizer.vocab_size, context_size=1024, d_model=32, n_heads=4, n_layers=1)
-    save(tmp_path / "c", GPTMini(config), char_tokenizer, {"template": get_template().to_dict()})
+    save(tmp_path / "served", GPTMini(config), char_tokenizer, {"template": get_template().to_dict()})
     servers = []
 
     def start(**options) -> LiveServer:
-        servers.append(LiveServer(create_app(tmp_path / "c", max_tokens=24, **options)))
+        servers.append(LiveServer(create_app(tmp_path / "served", max_tokens=24, **options)))
         return servers[-1]
 
     yield start

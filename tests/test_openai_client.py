@@ -24,7 +24,7 @@ def test_endpoint_forms_all_reach_the_chat_path():
 
 
 def test_gptmini_serve_answers_through_the_client(gptmini_server):
-    text = client(gptmini_server().url, "c").chat(HELLO, max_tokens=8)
+    text = client(gptmini_server().url, "served").chat(HELLO, max_tokens=8)
     assert isinstance(text, str) and text  # a tiny model's text: the mechanics, not the quality
 
 

@@ -127,7 +127,7 @@ def test_against_gptmini_serve(gptmini_server, faq, capsys):
     what must hold whatever it says is checked."""
     server = gptmini_server(api_key="k")
     out = faq.parent / "aug.jsonl"
-    argv = ["augment", "--data", str(faq), "--endpoint", server.url, "--model", "c", "--n", "2", "--out", str(out),
+    argv = ["augment", "--data", str(faq), "--endpoint", server.url, "--model", "served", "--n", "2", "--out", str(out),
             "--no-progress"]
     assert main([*argv, "--api-key", "wrong"]) == 2
     err = capsys.readouterr().err.strip()
