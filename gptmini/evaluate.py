@@ -222,6 +222,10 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
                                           [e.messages[-1]["content"] for e in examples], r.answers, r.name, show_progress)
             r.judged = list(zip(scores, replies))
             r.metrics.update(judge_metrics(scores))
+            unparsed = [reply for score, reply in r.judged if score is None]
+            if unparsed:  # never silently: a judge that answers in sentences needs another model or prompt
+                print(f"note: {r.name}: the judge's reply about {len(unparsed)} of {len(scores)} answers is not a number "
+                      f"from 0 to 100 (first: {unparsed[0][:80]!r}); counted as unparsed, left out of the mean")
         data["judge"] = {"endpoint": judge.client.url, "model": judge.client.model, "asked": judge.asked,
                          "cache": str(judge.cache), "prompt": JUDGE_PROMPT}
         write_report(out, reports, examples, [Path(m) for m in models], data)
@@ -245,11 +249,15 @@ def metrics_table(reports: list[ModelReport]) -> str:
     rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if judged else "")]
     for r in reports:
         m = r.metrics
-        judge = f" {m['judge_mean']:.1f} ({m['judge_unparsed']} unparsed) |" if judged else ""
+        judge = f" {judge_mean(m)} ({m['judge_unparsed']} unparsed) |" if judged else ""
         rows.append(f"| {r.name} | {m['loss']:.3f} | {m['perplexity']:.2f} | {m['exact_match']:.1%} | "
                     f"{m['token_f1']:.3f} | {m['rouge_l']:.3f} | {m['chrf']:.1f} | {m['stop_rate']:.1%} | "
                     f"{m['mean_answer_tokens']:.1f} |{judge}")
     return "\n".join(rows)
+
+
+def judge_mean(metrics: dict) -> str:
+    return "n/a" if math.isnan(metrics["judge_mean"]) else f"{metrics['judge_mean']:.1f}"
 
 
 def judge_section(reports: list[ModelReport], judge: dict) -> list[str]:
@@ -262,7 +270,7 @@ def judge_section(reports: list[ModelReport], judge: dict) -> list[str]:
              "| model | mean | unparsed | " + " | ".join(bands) + " |", "|---|---:|---:|" + "---:|" * len(bands)]
     for r in reports:
         counts = distribution([s for s, _ in r.judged]).values()
-        lines.append(f"| {r.name} | {r.metrics['judge_mean']:.1f} | {r.metrics['judge_unparsed']} | "
+        lines.append(f"| {r.name} | {judge_mean(r.metrics)} | {r.metrics['judge_unparsed']} | "
                      + " | ".join(map(str, counts)) + " |")
     return lines + [""]
 
@@ -344,7 +352,7 @@ def plot_judge(png: Path, reports: list[ModelReport]) -> None:
     for k, r in enumerate(reports):
         counts = [*distribution([s for s, _ in r.judged]).values(), r.metrics["judge_unparsed"]]
         ax.bar([i + k * width for i in range(len(bands))], counts, width,
-               label=f"{short_name(r.name)} (mean {r.metrics['judge_mean']:.1f})")
+               label=f"{short_name(r.name)} (mean {judge_mean(r.metrics)})")
     ax.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(bands))], bands)
     ax.set_xlabel("judge's score")
     ax.set_ylabel("answers")

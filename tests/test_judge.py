@@ -61,7 +61,10 @@ def test_mean_and_distribution_reach_the_report_and_a_rerun_asks_only_what_chang
     # the judge saw the model's own answer beside the reference
     answers = [e["answers"][name] for e in report["examples"]]
     assert [p.split("Resposta do modelo: ")[1].split("\n\nDê uma nota")[0] for p in judged.stub.prompts()] == answers
-    assert " 62.5 (2 unparsed) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert " 62.5 (2 unparsed) |" in printed
+    assert f"note: {name}: the judge's reply about 2 of 4 answers is not a number from 0 to 100 (first: 'Acho que uns " \
+           "70'); counted as unparsed, left out of the mean" in printed
     markdown = (judged.out / "report.md").read_text(encoding="utf-8")
     assert "## Judge" in markdown and f"| {name} | 62.5 | 2 | 0 | 0 | 0 | 0 | 1 | 0 | 0 | 0 | 1 | 0 |" in markdown
     assert (judged.out / "judge.png").is_file() and len((judged.out / CACHE_FILE).read_text().splitlines()) == 4
