@@ -1,5 +1,7 @@
 """The one OpenAI-compatible client (augment's teacher, eval's judge) against real HTTP servers."""
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -72,3 +74,11 @@ def test_a_server_that_is_not_there_or_not_openai_is_one_line(stub_server, monke
 def test_the_key_comes_from_the_environment(stub_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "right")
     assert client(stub_server(Stub(key="right"))).chat(HELLO) == "ok"
+
+
+def test_without_httpx_it_is_one_line_saying_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['httpx'] = None; from gptmini.cli import main; "
+            f"sys.exit(main(['augment', '--data', 'x.csv', '--endpoint', 'http://h', '--model', 'm', '--out', 'o']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == ("gptmini augment: error: talking to an OpenAI-compatible "
+                                                          "endpoint needs httpx: pip install 'gptmini[teacher]'")
