@@ -243,12 +243,36 @@ def cmd_eval(args: argparse.Namespace) -> None:
     say_device(args.device)
     reports = run_eval([model, *(args.compare or [])], records.examples, out, sampling_params(args), template,
                        args.batch_size, records.skipped, args.device, not args.no_progress, args.quantize,
-                       compare_fp32)
+                       compare_fp32, judge_of(args, out))
     print(metrics_table(reports))
     if compare_fp32:
         print(quantization_summary(reports[0], reports[1]))
-    charts = [name for name in ("metrics.png", "loss_curves.png") if (out / name).is_file()]
+    charts = [name for name in ("metrics.png", "judge.png", "loss_curves.png") if (out / name).is_file()]
     print(f"report: {out / 'report.md'} (+ report.json, {', '.join(charts)})")
+
+
+def judge_of(args: argparse.Namespace, out: Path):
+    """eval's --judge: a Judge whose cache lies beside the report, or None."""
+    if args.judge_model and not args.judge:
+        raise GptminiError("--judge-model names the judge's model: give its endpoint too, --judge URL")
+    if not args.judge:
+        return None
+    if not args.judge_model:
+        raise GptminiError("--judge needs --judge-model NAME, the judge's model name on that endpoint")
+    from .judge import CACHE_FILE, Judge
+    from .openai_client import ChatClient
+
+    return Judge(ChatClient(args.judge, args.judge_model, args.judge_api_key), out / CACHE_FILE)
+
+
+def cmd_augment(args: argparse.Namespace) -> None:
+    from .openai_client import ChatClient
+    from .rewordings import augment
+
+    client = ChatClient(args.endpoint, args.model, args.api_key, args.timeout)
+    result = augment(args.data, args.out, client, args.n, args.fields, args.encoding, args.resume,
+                     not args.no_progress)
+    print(result.summary(Path(args.out)))
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -450,6 +474,63 @@ def cmd_serve(args: argparse.Namespace) -> None:
                max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize)
 
 
+class PromptHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """HelpFormatter that prints the epilog (a prompt sent to a model) line for line."""
+
+
+API_KEY_HELP = "sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY, else none)"
+
+
+def add_eval_args(p: argparse.ArgumentParser, model_help: str) -> None:
+    from .judge import JUDGE_PROMPT
+
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--data", required=True, help="records in any format sft accepts (the last answer is the reference)")
+    p.add_argument("--compare", nargs="*", help="more checkpoints to put beside --model; with --quantize, also --model "
+                                                "in float32, and a line comparing loss and answers (default: none)")
+    add_record_format_args(p)
+    p.add_argument("--template", help="template for checkpoints without one, a base model (default: the first "
+                                      "template among the models)")
+    p.add_argument("--out", help="report folder (default: beside the checkpoint, RUN/eval/last for RUN/last)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
+    add_device_args(p)
+    add_sampling_args(p)
+    judge = p.add_argument_group("judge", "a bigger model scores each answer 0-100 against the reference; its replies "
+                                          "are cached in OUT/judge_cache.jsonl, so a rerun asks only what changed")
+    judge.add_argument("--judge", metavar="URL", help="the judge's OpenAI-compatible endpoint, e.g. "
+                                                      "http://localhost:11434/v1 (Ollama) (default: none, no judge)")
+    judge.add_argument("--judge-model", help="the judge's model name there, e.g. llama3.1:8b (required with --judge)")
+    judge.add_argument("--judge-api-key", help=API_KEY_HELP)
+    p.epilog = "the judge's prompt (temperature 0; the reply must be the number alone):\n\n" + JUDGE_PROMPT
+    p.formatter_class = PromptHelpFormatter
+    p.set_defaults(func=cmd_eval)
+
+
+def add_augment_args(p: argparse.ArgumentParser) -> None:
+    from .rewordings import REWORD_PROMPT, TEACHER_TEMPERATURE
+
+    p.add_argument("--data", required=True, help="instruction records in any format sft reads")
+    p.add_argument("--endpoint", required=True, help="OpenAI-compatible URL: http://localhost:11434/v1 (Ollama), "
+                                                     "http://localhost:8080 (llama.cpp), https://api.openai.com/v1")
+    p.add_argument("--model", required=True, help="the teacher's model name at the endpoint, e.g. llama3.1:8b")
+    p.add_argument("--n", type=POSITIVE_INT, default=5, help="rewordings asked for each question")
+    p.add_argument("--out", required=True, help="JSONL written as answers come: each record, then its kept rewordings "
+                                                "(same answer), each with its source FILE:LINE; sft reads it")
+    p.add_argument("--api-key", help=API_KEY_HELP)
+    p.add_argument("--timeout", type=POSITIVE, default=120.0, help="seconds to wait for each answer; a timeout or a "
+                                                                   "5xx is retried 4 times, waiting 1, 2, 4, 8 s")
+    p.add_argument("--resume", action="store_true", help="carry on from --out: ask only the records it lacks")
+    add_record_format_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.epilog = (f"the prompt, for each record (temperature {TEACHER_TEMPERATURE}):\n\n{REWORD_PROMPT}\n\n"
+                "kept: lines that are questions (end with '?' when the original does; never a line ending with ':'), "
+                "equal to no record's question, nor to one kept before, compared without case, accents, "
+                "punctuation or spaces")
+    p.formatter_class = PromptHelpFormatter
+    p.set_defaults(func=cmd_augment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     parser.add_argument("--version", action="version", version=f"gptmini {__version__}")
@@ -476,20 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = verb("eval", "score answers against references; compare checkpoints side by side")
-    p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--data", required=True, help="records in any format sft accepts (the last answer is the reference)")
-    p.add_argument("--compare", nargs="*", help="more checkpoints to put beside --model; with --quantize, also --model "
-                                                "in float32, and a line comparing loss and answers (default: none)")
-    add_record_format_args(p)
-    p.add_argument("--template", help="template for checkpoints without one, a base model (default: the first "
-                                      "template among the models)")
-    p.add_argument("--out", help="report folder (default: beside the checkpoint, RUN/eval/last for RUN/last)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (and loss batch size)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar while answering")
-    add_device_args(p)
-    add_sampling_args(p)
-    p.set_defaults(func=cmd_eval)
+    add_eval_args(verb("eval", "score answers against references; compare checkpoints side by side"), model_help)
+
+    add_augment_args(verb("augment", "ask a teacher model (any OpenAI-compatible endpoint) for Portuguese rewordings "
+                                     "of each question, the answers unchanged"))
 
     p = verb("chat", "talk to a checkpoint at the terminal (streams; /reset, /temp X, /quit)")
     p.add_argument("--model", required=True, help=model_help)

@@ -23,6 +23,7 @@ from .data.records import Example, Records
 from .data.templates import Template
 from .engine import Engine, SamplingParams
 from .errors import GptminiError
+from .judge import CACHE_FILE, JUDGE_PROMPT, Judge, distribution, judge_metrics
 from .model import IGNORE_INDEX
 
 
@@ -112,6 +113,7 @@ class ModelReport:
     name: str
     metrics: dict = field(default_factory=dict)
     answers: list[str] = field(default_factory=list)
+    judged: list[tuple[int | None, str]] = field(default_factory=list)  # (score or None: unparsed, reply) per answer
 
 
 def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: int = 32, model=None) -> float:
@@ -184,13 +186,14 @@ def unique_names(models: list[str | Path]) -> list[str]:
 def run_eval(models: list[str | Path], examples: list[Example], out: Path, params: SamplingParams,
              template: Template | None = None, batch_size: int = 32, skipped: list[str] = (),
              device: str = "cpu", show_progress: bool = True, quantize: str | None = None,
-             compare_unquantized: bool = False) -> list[ModelReport]:
+             compare_unquantized: bool = False, judge: Judge | None = None) -> list[ModelReport]:
     """Evaluates every checkpoint on the examples and writes the report into `out`.
 
     `template` is for checkpoints without one (base models); by default they borrow the first
     template found among `models`. `skipped` (records the reader left out) goes into the report.
     `quantize` ("int8") evaluates quantized copies; with `compare_unquantized` the first model in
-    float32 comes first, beside them (see quantization_summary).
+    float32 comes first, beside them (see quantization_summary). `judge` also scores every answer 0-100
+    (see judge.py); the report is written first without it, so a judge that fails midway loses nothing.
     """
     examples, unscored = scorable(examples)
     if not examples:
@@ -199,6 +202,8 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
     if unscored:
         print(f"note: {plural(len(unscored), 'record')} without a reference answer, not scored (first: {unscored[0]})")
     ckpts = [checkpoint.load(m, device=device) for m in models]  # all first: a bad one fails before any work
+    if judge:
+        judge.client.check()  # a judge that is down fails now, not after every answer is generated
     template = template or next((c.template for c in ckpts if c.template), None)
     if template is None:
         raise GptminiError("none of the models has a template: pass --template (e.g. comando)")
@@ -210,6 +215,19 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
                for c, name, mode in runs]
     data = {"scored": len(examples), "skipped": list(skipped), "no_reference": unscored}
     write_report(out, reports, examples, [Path(m) for m in models], data)
+    if judge:
+        for r in reports:
+            scores, replies = judge.score([instruction_of(e) for e in examples],
+                                          [e.messages[-1]["content"] for e in examples], r.answers, r.name, show_progress)
+            r.judged = list(zip(scores, replies))
+            r.metrics.update(judge_metrics(scores))
+            unparsed = [reply for score, reply in r.judged if score is None]
+            if unparsed:  # never silently: a judge that answers in sentences needs another model or prompt
+                print(f"note: {r.name}: the judge's reply about {len(unparsed)} of {len(scores)} answers is not a number "
+                      f"from 0 to 100 (first: {unparsed[0][:80]!r}); counted as unparsed, left out of the mean")
+        data["judge"] = {"endpoint": judge.client.url, "model": judge.client.model, "asked": judge.asked,
+                         "cache": str(judge.cache), "prompt": JUDGE_PROMPT}
+        write_report(out, reports, examples, [Path(m) for m in models], data)
     return reports
 
 
@@ -224,14 +242,36 @@ def quantization_summary(full: ModelReport, quantized: ModelReport) -> str:
 
 def metrics_table(reports: list[ModelReport]) -> str:
     """The metrics as a markdown table, one row per model (printed, and the top of report.md)."""
-    header = "| model | loss | perplexity | exact match | token F1 | ROUGE-L | chrF | stop rate | answer tokens |"
-    rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    judged = any(r.judged for r in reports)
+    header = ("| model | loss | perplexity | exact match | token F1 | ROUGE-L | chrF | stop rate | answer tokens |"
+              + (" judge (0-100) |" if judged else ""))
+    rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if judged else "")]
     for r in reports:
         m = r.metrics
+        judge = f" {judge_mean(m)} ({m['judge_unparsed']} unparsed) |" if judged else ""
         rows.append(f"| {r.name} | {m['loss']:.3f} | {m['perplexity']:.2f} | {m['exact_match']:.1%} | "
                     f"{m['token_f1']:.3f} | {m['rouge_l']:.3f} | {m['chrf']:.1f} | {m['stop_rate']:.1%} | "
-                    f"{m['mean_answer_tokens']:.1f} |")
+                    f"{m['mean_answer_tokens']:.1f} |{judge}")
     return "\n".join(rows)
+
+
+def judge_mean(metrics: dict) -> str:
+    return "n/a" if math.isnan(metrics["judge_mean"]) else f"{metrics['judge_mean']:.1f}"
+
+
+def judge_section(reports: list[ModelReport], judge: dict) -> list[str]:
+    """report.md's lines on the judge: who judged, and each model's scores per band of ten."""
+    cached = sum(len(r.judged) for r in reports) - judge["asked"]
+    bands = list(distribution([]))
+    lines = ["## Judge", "", f"{judge['model']} at {judge['endpoint']} scored each answer 0-100 against the reference "
+             f"(the prompt is in report.json); {judge['asked']} asked, {cached} from {CACHE_FILE}. A reply that is "
+             "not a number from 0 to 100 is unparsed: left out of the mean, counted.", "",
+             "| model | mean | unparsed | " + " | ".join(bands) + " |", "|---|---:|---:|" + "---:|" * len(bands)]
+    for r in reports:
+        counts = distribution([s for s, _ in r.judged]).values()
+        lines.append(f"| {r.name} | {judge_mean(r.metrics)} | {r.metrics['judge_unparsed']} | "
+                     + " | ".join(map(str, counts)) + " |")
+    return lines + [""]
 
 
 def write_report(out: Path, reports: list[ModelReport], examples: list[Example], model_dirs: list[Path],
@@ -245,21 +285,31 @@ def write_report(out: Path, reports: list[ModelReport], examples: list[Example],
 
     counts = (f"{plural(data['scored'], 'example')} scored; {plural(len(data['skipped']), 'record')} skipped "
               f"(empty field); {len(data['no_reference'])} without a reference answer.")
-    lines = ["# Evaluation", "", counts, "", metrics_table(reports), "", "## Answers", "",
+    judged = "judge" in data
+    lines = ["# Evaluation", "", counts, "", metrics_table(reports), "",
+             *(judge_section(reports, data["judge"]) if judged else []), "## Answers", "",
              "| instruction | reference | " + " | ".join(r.name for r in reports) + " |",
              "|---|---|" + "---|" * len(reports)]
     for i, e in enumerate(examples):
         answers = " | ".join(cell(r.answers[i]) for r in reports)
         lines.append(f"| {cell(instruction_of(e))} | {cell(e.messages[-1]['content'])} | {answers} |")
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    models = [{"model": r.name, "metrics": {k: None if math.isnan(v) else v for k, v in r.metrics.items()}}
-              for r in reports]  # NaN (loss when nothing fit the context) is not JSON: null
+    models = [{"model": r.name, "metrics": {k: None if math.isnan(v) else v for k, v in r.metrics.items()},
+               **({"judge_distribution": distribution([s for s, _ in r.judged])} if r.judged else {})}
+              for r in reports]  # NaN (loss when nothing fit the context, a judge mean of nothing) is not JSON: null
     report = {"data": data, "models": models,
               "examples": [{"where": e.where, "instruction": instruction_of(e), "reference": e.messages[-1]["content"],
-                            "answers": {r.name: r.answers[i] for r in reports}} for i, e in enumerate(examples)]}
+                            "answers": {r.name: r.answers[i] for r in reports},
+                            **({"judge": {r.name: dict(zip(("score", "reply"), r.judged[i])) for r in reports}}
+                               if judged else {})} for i, e in enumerate(examples)]}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     written = [out / "report.md", out / "report.json", out / "metrics.png"]
     plot_metrics(out / "metrics.png", reports)
+    if judged:
+        plot_judge(out / "judge.png", reports)
+        written.append(out / "judge.png")
+    else:  # a chart left from an earlier, judged report would describe other answers
+        (out / "judge.png").unlink(missing_ok=True)
     if plot_runs(out / "loss_curves.png", model_dirs):
         written.append(out / "loss_curves.png")
     else:  # a chart left from an earlier report would describe other runs
@@ -270,18 +320,42 @@ def write_report(out: Path, reports: list[ModelReport], examples: list[Example],
 def plot_metrics(png: Path, reports: list[ModelReport]) -> None:
     from .plots import figure
 
-    names = ["exact_match", "token_f1", "rouge_l", "chrf", "stop_rate"]
+    names = ["exact_match", "token_f1", "rouge_l", "chrf", "stop_rate"] + (["judge_mean"] if reports[0].judged else [])
     fig, ax = figure(8, 4)
     width = 0.8 / len(reports)
     for k, r in enumerate(reports):
-        values = [r.metrics[n] / (100 if n == "chrf" else 1) for n in names]
-        label = Path(r.name).parent.name + "/" + Path(r.name).name
-        ax.bar([i + k * width for i in range(len(names))], values, width, label=label)
+        values = [r.metrics[n] / (100 if n in ("chrf", "judge_mean") else 1) for n in names]
+        ax.bar([i + k * width for i in range(len(names))], [0 if math.isnan(v) else v for v in values], width,
+               label=short_name(r.name))
     ax.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(names))],
-                  ["exact match", "token F1", "ROUGE-L", "chrF/100", "stop rate"])
+                  ["exact match", "token F1", "ROUGE-L", "chrF/100", "stop rate", "judge/100"][:len(names)])
     ax.set_ylim(0, 1.05)
     ax.legend()
     ax.set_title("answers vs references")
+    fig.tight_layout()
+    fig.savefig(png)
+
+
+def short_name(name: str) -> str:
+    return Path(name).parent.name + "/" + Path(name).name
+
+
+def plot_judge(png: Path, reports: list[ModelReport]) -> None:
+    """How the judge's scores spread, per band of ten, side by side for the models; unparsed replies apart."""
+    from .plots import figure
+
+    bands = [*distribution([]), "unparsed"]
+    fig, ax = figure(8, 4)
+    width = 0.8 / len(reports)
+    for k, r in enumerate(reports):
+        counts = [*distribution([s for s, _ in r.judged]).values(), r.metrics["judge_unparsed"]]
+        ax.bar([i + k * width for i in range(len(bands))], counts, width,
+               label=f"{short_name(r.name)} (mean {judge_mean(r.metrics)})")
+    ax.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(bands))], bands)
+    ax.set_xlabel("judge's score")
+    ax.set_ylabel("answers")
+    ax.legend()
+    ax.set_title("judge's scores (0-100 against the reference)")
     fig.tight_layout()
     fig.savefig(png)
 

@@ -145,7 +145,8 @@ def test_every_option_of_every_verb_has_help_and_shows_its_default(capsys):
             if action.option_strings and action.option_strings[0] != "-h":
                 entry = shown[verb][action.option_strings[0]]
                 assert "default" in entry or "(required" in entry, f"{verb}: {entry}"
-    assert len(shown) == 11 and all("--no-progress" in shown[v] for v in ("pretrain", "sft", "dpo", "pairs", "eval", "demo"))
+    assert len(shown) == 12 and all("--no-progress" in shown[v] for v in ("pretrain", "sft", "dpo", "pairs", "eval", "demo",
+                                                                          "augment"))
     assert "(default: 1e-05)" in shown["dpo"]["--lr"] and "(default: 0.1)" in shown["dpo"]["--beta"]
     assert shown["sft"]["--base"].endswith("(default: none)") and "(default: 1000)" in shown["sft"]["--max-steps"]
 
