@@ -30,9 +30,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Ten
 
 
 def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv_heads: int):
-    """q, k, v (B, T, heads, head_dim) from the fused qkv projection, q and k rotated."""
+    """q, k, v (B, T, heads, head_dim) from the fused qkv projection, q and k rotated.
+
+    Under torch.compile (the decode step) the rotation is the plain formula, which inductor fuses into
+    one loop (and which it can trace: it refuses `out=` views)."""
     qk, v = qkv.split((n_heads + n_kv_heads, n_kv_heads), dim=2)
-    q, k = rotate(qk, cos, sin, qk.new_empty(qk.shape)).split((n_heads, n_kv_heads), dim=2)
+    if torch.compiler.is_compiling():
+        x1, x2 = qk.chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        rotated = rotate(qk, cos, sin, qk.new_empty(qk.shape))
+    q, k = rotated.split((n_heads, n_kv_heads), dim=2)
     return q, k, v
 
 
@@ -88,6 +96,12 @@ class SwiGLU(torch.autograd.Function):
         return grad_gate_up
 
 
+@torch.compiler.assume_constant_result
+def threads() -> int:
+    """PyTorch's thread count, a constant to torch.compile (a compiled decode step keeps its split)."""
+    return torch.get_num_threads()
+
+
 class Linear(nn.Linear):
     """A bias-free nn.Linear (the Llama block has none) with a faster path for the one-row
     products of decoding.
@@ -103,7 +117,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
-        parts = math.gcd(torch.get_num_threads(), n_in)
+        parts = math.gcd(threads(), n_in)
         if x.numel() != n_in or parts < 2 or not self.weight.t().is_contiguous():
             return F.linear(x, self.weight)
         partial = torch.bmm(x.reshape(parts, 1, n_in // parts), self.weight.t().view(parts, n_in // parts, -1))
