@@ -4,7 +4,7 @@
   gradient once instead of gluing halves together with copies (+5-9 % a training step).
 - swiglu / SwiGLU: silu(gate) * up; the same for its backward.
 - Linear: nn.Linear whose one-row products (batch-1 decoding) are split over PyTorch's threads;
-  otherwise F.linear.
+  otherwise F.linear. `linear` and `write_rows` are custom ops, opaque to torch.compile (decode_step).
 - LinearCrossEntropy: the summed cross-entropy of the output head, chunked; equals
   F.cross_entropy(x @ weight.T, targets, ignore_index=-100, reduction="sum") (GPTMini.loss).
 """
@@ -96,12 +96,6 @@ class SwiGLU(torch.autograd.Function):
         return grad_gate_up
 
 
-@torch.compiler.assume_constant_result
-def threads() -> int:
-    """PyTorch's thread count, a constant to torch.compile (a compiled decode step keeps its split)."""
-    return torch.get_num_threads()
-
-
 class Linear(nn.Linear):
     """A bias-free nn.Linear (the Llama block has none) with a faster path for the one-row
     products of decoding.
@@ -116,12 +110,38 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_in = x.shape[-1]
-        parts = math.gcd(threads(), n_in)
-        if x.numel() != n_in or parts < 2 or not self.weight.t().is_contiguous():
-            return F.linear(x, self.weight)
-        partial = torch.bmm(x.reshape(parts, 1, n_in // parts), self.weight.t().view(parts, n_in // parts, -1))
-        return partial.sum(0).view(*x.shape[:-1], -1)
+        if torch.compiler.is_compiling():  # inductor would write the product as its own (slower) C++ loop
+            return torch.ops.gptmini.linear(x, self.weight)
+        return linear(x, self.weight)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T, a one-row x split over the threads (Linear)."""
+    n_in = x.shape[-1]
+    parts = math.gcd(torch.get_num_threads(), n_in)
+    if x.numel() != n_in or parts < 2 or not weight.t().is_contiguous():
+        return F.linear(x, weight)
+    partial = torch.bmm(x.reshape(parts, 1, n_in // parts), weight.t().view(parts, n_in // parts, -1))
+    return partial.sum(0).view(*x.shape[:-1], -1)
+
+
+def write_rows(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
+    """cache[layer, row, :, index[row]] = new[row, :, 0] for every row: the static cache's write."""
+    rows = torch.arange(len(new), device=new.device)
+    cache[layer, rows, :, index] = new[:, :, 0]
+
+
+# The same two as ops opaque to torch.compile (GPTMini.decode_step): the compiled step keeps MKL's
+# products and fuses only what lies between them, and writes the cache in place (a plain index_put
+# there makes a copy of the layer's cache every step).
+torch.library.custom_op("gptmini::linear", linear, mutates_args=()).register_fake(
+    lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]))
+torch.library.custom_op("gptmini::write_rows", write_rows, mutates_args=("cache",))
+
+
+def cache_write(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
+    """write_rows, as the op when compiling."""
+    (torch.ops.gptmini.write_rows if torch.compiler.is_compiling() else write_rows)(cache, layer, index, new)
 
 
 class LinearCrossEntropy(torch.autograd.Function):

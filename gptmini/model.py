@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GptminiError
-from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu
+from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu, cache_write
 
 
 @dataclass
@@ -93,10 +93,9 @@ class StaticCache:
         self.k, self.v, self.index = k, v, index
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.arange(k.shape[0], device=k.device)
-        self.k[layer, rows, :, self.index] = k[:, :, 0]
-        self.v[layer, rows, :, self.index] = v[:, :, 0]
-        return self.k[layer, :len(rows)], self.v[layer, :len(rows)]
+        cache_write(self.k, layer, self.index, k)
+        cache_write(self.v, layer, self.index, v)
+        return self.k[layer, :len(k)], self.v[layer, :len(v)]
 
 
 class Attention(nn.Module):

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from gptmini import Engine, SamplingParams
+from gptmini import Engine, SamplingParams, get_template, save
+from gptmini.cli import main
+from gptmini.engine import CompiledStep
 from gptmini.model import KVCache, StaticCache
 from gptmini.scheduler import Scheduler
 
@@ -42,18 +44,16 @@ def test_decode_step_equals_the_growing_cache_forward(lively_model):
         tokens = logits.argmax(-1, keepdim=True)
 
 
-def test_compiled_engine_gives_the_eager_tokens_past_the_window_and_compiles_once(lively_model, char_tokenizer,
-                                                                                  monkeypatch):
+def test_compiled_engine_gives_the_eager_tokens_past_the_window_and_compiles_once(lively_model, char_tokenizer):
     eager, compiled = Engine(lively_model, char_tokenizer), Engine(lively_model, char_tokenizer, compile=True)
     reports = []
     compiled.decode.report = reports.append
     params = SamplingParams(max_new_tokens=100)  # 64-token window: the answers slide
     prompt = char_tokenizer.encode(TEXTS[2])
     assert compiled.generate([prompt], params) == eager.generate([prompt], params)
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # the same size reuses the step
     other = char_tokenizer.encode(TEXTS[1])
-    assert compiled.generate([other], params) == eager.generate([other], params)
-    monkeypatch.undo()
+    with torch.compiler.set_stance("fail_on_recompile"):  # the same batch size reuses the compiled step
+        assert compiled.generate([other], params) == eager.generate([other], params)
     prompts = [char_tokenizer.encode(t) for t in TEXTS[:3]]  # left-padded rows
     assert compiled.generate(prompts, params) == eager.generate(prompts, params)
     assert sorted(compiled.decode.seconds) == [1, 3]
@@ -76,3 +76,19 @@ def test_compiled_int8_and_scheduler_buckets_give_the_eager_tokens(lively_model,
     for request, prompt, p in zip(requests, prompts, params):
         assert request.completion == eager.generate([prompt], p)[0]
     assert sorted(compiled.decode.seconds) == [1, 2, 4]
+
+
+def test_generate_and_serve_take_compile(tmp_path, tiny_model, char_tokenizer, capsys):
+    save(tmp_path / "c", tiny_model, char_tokenizer, {"template": get_template().to_dict()})
+    engine = Engine(tiny_model, char_tokenizer, get_template())
+    expected = engine.generate([engine.encode_prompt("Olá")], SamplingParams(max_new_tokens=70))[0].text
+    assert main(["generate", "--model", str(tmp_path / "c"), "--max-new-tokens", "70", "--compile", "Olá"]) == 0
+    out, err = capsys.readouterr()
+    assert out == expected + "\n" and "compiled the decode step for batch 1 in " in err
+    from gptmini.serve import create_app
+
+    server = create_app(tmp_path / "c", compile=True).state.server
+    try:
+        assert isinstance(server.engine.decode, CompiledStep)
+    finally:
+        server.close()
