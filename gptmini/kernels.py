@@ -4,7 +4,7 @@
   gradient once instead of gluing halves together with copies (+5-9 % a training step).
 - swiglu / SwiGLU: silu(gate) * up; the same for its backward.
 - Linear: nn.Linear whose one-row products (batch-1 decoding) are split over PyTorch's threads;
-  otherwise F.linear. `linear` and `write_rows` are custom ops, opaque to torch.compile (decode_step).
+  otherwise F.linear. `write_rows` (the static cache's write) is a custom op, opaque to torch.compile.
 - LinearCrossEntropy: the summed cross-entropy of the output head, chunked; equals
   F.cross_entropy(x @ weight.T, targets, ignore_index=-100, reduction="sum") (GPTMini.loss).
 """
@@ -110,19 +110,21 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # inductor would write the product as its own (slower) C++ loop
-            return torch.ops.gptmini.linear(x, self.weight)
-        return linear(x, self.weight)
+        n_in = x.shape[-1]
+        parts = math.gcd(threads(), n_in)
+        if x.numel() != n_in or parts < 2 or not self.weight.t().is_contiguous():
+            return F.linear(x, self.weight)
+        blocks = x.reshape(parts, 1, n_in // parts)
+        if torch.compiler.is_compiling():  # inductor writes a one-row bmm as its own slower loop; two rows stay MKL's
+            blocks = torch.cat((blocks, torch.zeros_like(blocks)), dim=1)
+        partial = torch.bmm(blocks, self.weight.t().view(parts, n_in // parts, -1))[:, :1]
+        return partial.sum(0).view(*x.shape[:-1], -1)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T, a one-row x split over the threads (Linear)."""
-    n_in = x.shape[-1]
-    parts = math.gcd(torch.get_num_threads(), n_in)
-    if x.numel() != n_in or parts < 2 or not weight.t().is_contiguous():
-        return F.linear(x, weight)
-    partial = torch.bmm(x.reshape(parts, 1, n_in // parts), weight.t().view(parts, n_in // parts, -1))
-    return partial.sum(0).view(*x.shape[:-1], -1)
+@torch.compiler.assume_constant_result
+def threads() -> int:
+    """PyTorch's thread count, a constant to torch.compile (the compiled decode step keeps its split)."""
+    return torch.get_num_threads()
 
 
 def write_rows(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
@@ -131,11 +133,8 @@ def write_rows(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.
     cache[layer, rows, :, index] = new[:, :, 0]
 
 
-# The same two as ops opaque to torch.compile (GPTMini.decode_step): the compiled step keeps MKL's
-# products and fuses only what lies between them, and writes the cache in place (a plain index_put
-# there makes a copy of the layer's cache every step).
-torch.library.custom_op("gptmini::linear", linear, mutates_args=()).register_fake(
-    lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]))
+# An op opaque to torch.compile (GPTMini.decode_step): it writes the cache in place, where a plain
+# index_put in the compiled step makes a copy of the layer's cache every step.
 torch.library.custom_op("gptmini::write_rows", write_rows, mutates_args=("cache",))
 
 

@@ -54,15 +54,16 @@ def test_compiled_engine_gives_the_eager_tokens_past_the_window_and_compiles_onc
     other = char_tokenizer.encode(TEXTS[1])
     with torch.compiler.set_stance("fail_on_recompile"):  # the same batch size reuses the compiled step
         assert compiled.generate([other], params) == eager.generate([other], params)
-    prompts = [char_tokenizer.encode(t) for t in TEXTS[:3]]  # left-padded rows
+    prompts = [char_tokenizer.encode(t) for t in TEXTS[:2]]  # left-padded rows
     assert compiled.generate(prompts, params) == eager.generate(prompts, params)
-    assert sorted(compiled.decode.seconds) == [1, 3]
-    assert [r.split(" in ")[0] for r in reports] == [f"compiled the decode step for batch {b}" for b in (1, 3)]
+    assert sorted(compiled.decode.seconds) == [1, 2]
+    assert [r.split(" in ")[0] for r in reports] == [f"compiled the decode step for batch {b}" for b in (1, 2)]
 
 
 def test_compiled_int8_and_scheduler_buckets_give_the_eager_tokens(lively_model, char_tokenizer):
-    """int8's products inside the compiled step; the scheduler's rows padded to buckets of 1, 2, 4."""
-    params = [SamplingParams(max_new_tokens=n) for n in (90, 7, 30, 12, 60)]
+    """int8's products inside the compiled step; the scheduler's rows in buckets: three requests padded
+    to 4 rows (a free slot beside them), then two, then one."""
+    params = [SamplingParams(max_new_tokens=n) for n in (90, 7, 30)]
     prompts = [char_tokenizer.encode(t) for t in TEXTS]
     int8, int8_compiled = (Engine(lively_model, char_tokenizer, quantize="int8", compile=c) for c in (False, True))
     int8_compiled.decode.report = lambda line: None
