@@ -113,6 +113,8 @@ class CompiledStep:
 
     def __init__(self, model: GPTMini, report: Callable[[str], None] | None = None) -> None:
         mode = "reduce-overhead" if model.embed.weight.device.type == "cuda" else None
+        # One graph per batch size and model shape, all on decode_step's code: dynamo's default cap is 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, mode=mode)
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.seconds: dict[int, float] = {}

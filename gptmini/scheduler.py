@@ -201,6 +201,14 @@ class Scheduler:
             self._take(request, token)
         return produced
 
+    @torch.inference_mode()
+    def compile_buckets(self) -> None:
+        """Compiles the engine's step for every batch bucket now, so that no request waits for a compile
+        (`serve --compile` does this before it listens). The steps write into free slots only."""
+        for bucket in sorted({min(1 << i, self.max_batch) for i in range(self.max_batch.bit_length() + 1)}):
+            tokens = torch.zeros(bucket, 1, dtype=torch.long, device=self.pool.k.device)
+            self.engine.decode(tokens, *self.pool.begin_static(0, bucket))
+
     def _decode(self, tokens: list[int]) -> torch.Tensor:
         """(n, V) logits of the running rows' next tokens: the engine's compiled step on the batch bucket
         (the next power of two) when it has one, else the model on the n rows."""

@@ -91,6 +91,8 @@ class Server:
         self.name, self.max_tokens, self.max_batch = name, max_tokens, max_batch
         self.capacity = max_batch + queue_size
         self.scheduler = Scheduler(self.engine, max_batch)
+        if compile:
+            self.scheduler.compile_buckets()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.scheduler.serve, args=(self.stopped,), daemon=True,
                                        name="gptmini-generate")
