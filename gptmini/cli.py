@@ -87,9 +87,9 @@ def add_quantize_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], help="int8: weight-only int8 products (CPU), a quarter of the "
                                                        "weight bytes per token (default: none, float32)")
     p.add_argument("--compile", action="store_true",
-                   help="decode through a torch.compile'd fixed-shape step: the same tokens, faster per token, after "
-                        "a compile per batch size (seconds; inductor's disk cache makes later starts faster); pays "
-                        "for long or many answers (README, Decoding speed)")
+                   help="decode through a torch.compile'd fixed-shape step: the same tokens, after a compile per "
+                        "batch size (seconds; inductor's disk cache makes later starts faster); measured no faster "
+                        "per token on a 2-core CPU (README, Decoding speed)")
 
 
 def add_record_format_args(p: argparse.ArgumentParser) -> None:

@@ -135,8 +135,8 @@ class Engine:
     """Generation for one model + tokenizer (+ the template its prompts were trained with).
 
     quantize="int8": generate with an int8 weight-only copy of the model (quantize.py).
-    compile=True: decode through a CompiledStep (the prefill stays eager); the same tokens, faster
-    per token once compiled (README, "Decoding speed").
+    compile=True: decode through a CompiledStep (the prefill stays eager): the same tokens, after a
+    compile per batch size; on the 2-core CPU measured no faster per token (README, "Decoding speed").
     """
 
     def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None,
