@@ -40,8 +40,35 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+# Every contender runs at the precision ours runs at (fp32 on a CPU): a peer slowed by a default (TRL's
+# SFTConfig trains under bf16 autocast even with use_cpu=True, emulated on a CPU without AVX-512) is not
+# a result. Each bench states the precision per contender and refuses a peer that would autocast.
+OURS = "fp32"
+AUTOCAST_FLAGS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval")
+
+
+def peer_precision(model, args=None) -> str:
+    """OURS when a transformers model (and its TrainingArguments, TRL's SFTConfig/DPOConfig) runs in fp32
+    without autocast; raises otherwise, naming the setting to change."""
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    if dtypes != ["torch.float32"]:
+        raise RuntimeError(f"the peer's weights are {dtypes}, ours fp32: load it with dtype=torch.float32")
+    on = [flag for flag in AUTOCAST_FLAGS if getattr(args, flag, False)]
+    if on:
+        raise RuntimeError(f"{type(args).__name__} autocasts ({', '.join(f'{f}=True' for f in on)}) while gptmini "
+                           f"runs fp32: pass {', '.join(f'{f}=False' for f in on)}")
+    if torch.is_autocast_enabled("cpu"):
+        raise RuntimeError("CPU autocast is on while gptmini runs fp32")
+    return OURS
+
+
+def precisions(**contenders: str) -> str:
+    """The line each bench prints: every contender's precision."""
+    return "precision: " + "; ".join(f"{name} {p}" for name, p in contenders.items())
+
+
 def hf_llama(config, attn="sdpa"):
-    """The same-size Hugging Face Llama (same width, depth, heads, MLP, tied embeddings)."""
+    """The same-size Hugging Face Llama (same width, depth, heads, MLP, tied embeddings), fp32 like ours."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_config = LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.d_model,
@@ -50,4 +77,4 @@ def hf_llama(config, attn="sdpa"):
                             max_position_embeddings=config.context_size, rms_norm_eps=config.norm_eps,
                             rope_theta=config.rope_theta, tie_word_embeddings=config.tie_embeddings,
                             attention_bias=False, mlp_bias=False, attn_implementation=attn)
-    return LlamaForCausalLM(hf_config)
+    return LlamaForCausalLM(hf_config).to(torch.float32)

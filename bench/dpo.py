@@ -18,7 +18,7 @@ import warnings
 
 import datasets
 import torch
-from common import BENCH_MODEL, hf_llama, machine, median
+from common import BENCH_MODEL, OURS, hf_llama, machine, median, peer_precision, precisions
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, get_template
 from gptmini.data.batches import PairBatches
@@ -91,8 +91,9 @@ def run_trl(pairs: list[Pair], template, tokenizer, precompute: bool = False) ->
 
     config = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=STEPS,
                        learning_rate=LR, beta=BETA, max_length=BENCH_MODEL["context_size"] + 1, report_to=[],
-                       save_strategy="no", logging_strategy="no", use_cpu=True, bf16=False,
+                       save_strategy="no", logging_strategy="no", use_cpu=True, bf16=False, fp16=False,
                        dataloader_num_workers=0, seed=0, disable_tqdm=True, precompute_ref_log_probs=precompute)
+    peer_precision(model, config)
     trainer = Precomputing(model=model, ref_model=copy.deepcopy(model), args=config, train_dataset=data,
                          processing_class=hf_tok, callbacks=[Clock()])
     trainer.train()
@@ -120,6 +121,7 @@ def main() -> None:
     import trl
 
     print(f"machine: {machine()}; transformers {transformers.__version__}, trl {trl.__version__}")
+    print(precisions(gptmini=OURS, trl=OURS, **{"trl-precomputed": OURS}))
     print(f"data: {len(pairs)} pairs from the embedded instruction set; model {BENCH_MODEL}; batch {BATCH} pairs, "
           f"{STEPS} steps per run ({WARMUP} warm-up steps not timed), median of {ROUNDS} interleaved runs")
     for name, rates in results.items():

@@ -1,5 +1,6 @@
 """Serving under concurrent users: continuous batching (`gptmini serve`, default --max-batch 8) vs the
-same server decoding one request at a time (--max-batch 1), in the same run.
+same server decoding one request at a time (--max-batch 1), and the batched one with --compile (its decode
+step compiled per batch bucket, during the warm-up), in the same run.
 
 Both servers are real `gptmini serve` processes on 127.0.0.1, serving the same checkpoint: the bench
 model's shape (d_model 256, 8 heads, 6 layers, context 256) with a 2,048-token BPE vocabulary, so that
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from common import BENCH_MODEL, machine
+from common import BENCH_MODEL, OURS, machine, precisions
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, get_template, save
 from gptmini.data.records import read_examples
@@ -35,7 +36,7 @@ CONCURRENCY = (1, 4, 8, 16)
 REQUESTS_PER_CLIENT = 3
 ROUNDS = 2
 MAX_TOKENS = 64
-BATCHED, SINGLE = "--max-batch 8", "--max-batch 1"
+BATCHED, SINGLE, COMPILED = "--max-batch 8", "--max-batch 1", "--max-batch 8 --compile"
 
 
 def checkpoint(folder: Path) -> Path:
@@ -47,12 +48,12 @@ def checkpoint(folder: Path) -> Path:
     return folder / "model"
 
 
-def start_server(model: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, flags: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "gptmini.cli", "serve", "--model", str(model), "--port", str(port),
-                                "--max-batch", str(max_batch), "--queue-size", "64", "--max-tokens", str(MAX_TOKENS)],
+                                *flags.split(), "--queue-size", "64", "--max-tokens", str(MAX_TOKENS)],
                                stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -61,7 +62,7 @@ def start_server(model: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
             return process, url
         except httpx.TransportError:
             time.sleep(0.1)
-    raise RuntimeError(f"the server with --max-batch {max_batch} did not start")
+    raise RuntimeError(f"the server with {flags} did not start")
 
 
 def ask(http: httpx.Client, url: str, question: str) -> tuple[float, float | None, int]:
@@ -106,10 +107,10 @@ def main() -> None:
     questions = [e.messages[0]["content"] for e in read_examples(ASSETS / "instructions_eval.jsonl").examples]
     with tempfile.TemporaryDirectory() as tmp:
         model = checkpoint(Path(tmp))
-        servers = {BATCHED: start_server(model, 8), SINGLE: start_server(model, 1)}
+        servers = {name: start_server(model, name) for name in (BATCHED, SINGLE, COMPILED)}
         try:
             for _, url in servers.values():
-                load(url, questions, 4)  # warm-up
+                load(url, questions, 8)  # warm-up; --compile compiles its batch buckets (1, 2, 4, 8) here
             results = {}
             for concurrency in CONCURRENCY:
                 for _ in range(ROUNDS):
@@ -123,6 +124,7 @@ def main() -> None:
                 process.terminate()
                 process.wait(timeout=30)
     print(f"machine: {machine()}")
+    print(precisions(**{name: OURS for name in servers}))
     print(f"model: {BENCH_MODEL} with vocab_size 2048, random weights; streamed chat, up to {MAX_TOKENS} new tokens, "
           f"greedy; {REQUESTS_PER_CLIENT} requests per client, {ROUNDS} interleaved rounds")
     rates = {}
@@ -134,6 +136,7 @@ def main() -> None:
     for concurrency in CONCURRENCY:
         print(f"concurrency {concurrency:2d}: batched / one at a time = "
               f"{rates[BATCHED, concurrency] / rates[SINGLE, concurrency]:.2f}")
+    print(f"--compile at concurrency 8: {rates[COMPILED, 8] / rates[BATCHED, 8]:.2f}x the batched eager server")
     print(f"ratio: {rates[BATCHED, 8] / rates[SINGLE, 8]:.2f}")
 
 

@@ -2,7 +2,7 @@
 
 Same model size (d_model 256, 8 heads, 6 layers, context 256, vocab 8192; TRL trains the same-size
 transformers Llama), same BPE tokenizer (trained on Pirá), same template, batch size 16, the same
-number of steps, fp32 on CPU. Measures response tokens trained per second (answer + end-of-text:
+number of steps, fp32 on CPU on both sides (TRL's bf16 default is turned off: common.peer_precision). Measures response tokens trained per second (answer + end-of-text:
 the tokens whose loss counts) and the padding waste of each side's batches. Interleaved rounds,
 medians. Ends with `ratio: X` (ours / TRL).
 """
@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import BENCH_MODEL, hf_llama, machine, median
+from common import BENCH_MODEL, OURS, hf_llama, machine, median, peer_precision, precisions
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, get_template
 from gptmini.data.batches import ExampleBatches
@@ -87,8 +87,10 @@ def run_trl(records, template, tokenizer, model_config: dict = BENCH_MODEL, devi
     config = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
                        learning_rate=LR, completion_only_loss=True, max_length=model_config["context_size"] + 1,
                        packing=False, report_to=[], save_strategy="no", logging_strategy="no",
-                       use_cpu=device == "cpu", bf16=precision == "bf16", dataloader_num_workers=0, seed=0,
-                       disable_tqdm=True)
+                       use_cpu=device == "cpu", dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                       bf16=precision == "bf16", fp16=False)  # TRL's default bf16=True autocasts even on a CPU
+    if precision == "fp32":
+        peer_precision(model, config)  # fp32 like ours, never a default's autocast
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=hf_tok, callbacks=[Clock()])
     collate, batches = trainer.data_collator, []
 
@@ -122,6 +124,7 @@ def main() -> None:
     import trl
 
     print(f"machine: {machine()}; transformers {transformers.__version__}, trl {trl.__version__}")
+    print(precisions(gptmini=OURS, trl=OURS))
     print(f"data: Pirá, {len(records)} examples; model {BENCH_MODEL}; batch {BATCH}, {STEPS} steps per run "
           f"({WARMUP} warm-up steps not timed), median of {ROUNDS} interleaved runs")
     for name, rates in results.items():

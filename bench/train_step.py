@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 import torch
-from common import BENCH_MODEL, hf_llama, machine, median, round_robin, timed
+from common import BENCH_MODEL, OURS, hf_llama, machine, median, peer_precision, precisions, round_robin, timed
 
 from gptmini import GPTConfig, GPTMini, Tokenizer
 from gptmini.data.batches import WindowBatches
@@ -38,6 +38,7 @@ def main() -> None:
                       TrainConfig(batch_size=BATCH, show_progress=False), tempfile.mkdtemp())
 
     hf = hf_llama(config).train()
+    peer = peer_precision(hf)  # a plain loop, no TrainingArguments: fp32 weights and no autocast is all there is
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     hf_batches = WindowBatches(tokens, config.context_size, BATCH, seed=0)
 
@@ -69,6 +70,7 @@ def main() -> None:
     print(f"machine: {machine()}; transformers {transformers.__version__}")
     print(f"model: {BENCH_MODEL}, {ours.num_parameters() / 1e6:.2f} M parameters, {flops / 1e6:.1f} MFLOP/token "
           f"(forward+backward); batch {BATCH} x {config.context_size}; median of {ROUNDS} interleaved rounds of {STEPS} steps")
+    print(precisions(gptmini=OURS, transformers=peer))
     print(f"fp32 matmul peak (1024^3 torch.mm, best of 40): {peak / 1e9:.1f} GFLOP/s")
     for name, rate in rates.items():
         print(f"{name:>13}: {rate:8.0f} tokens/s = {rate * flops / 1e9:6.1f} GFLOP/s = {rate * flops / peak:6.1%} of peak")

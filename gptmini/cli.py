@@ -113,10 +113,14 @@ DEVICE_HELP = "auto (a CUDA GPU, else Apple's MPS, else the CPU; said at the sta
 def add_device_args(p: argparse.ArgumentParser, quantize: bool = True) -> None:
     """--device of a verb that loads a model to answer with (and its --quantize)."""
     p.add_argument("--device", type=device_name, default="auto", help="where the model runs: " + DEVICE_HELP)
-    if quantize:
+    if quantize:  # and --compile: how a verb that generates runs its decode step
         p.add_argument("--quantize", choices=["int8"], help="int8: weight-only int8 products (CPU: with --device "
                                                            "cpu on a GPU machine), a quarter of the weight bytes per "
                                                            "token (default: none, float32)")
+        p.add_argument("--compile", action="store_true",
+                       help="decode through a torch.compile'd fixed-shape step: the same tokens, after a compile per "
+                            "batch size (seconds; inductor's disk cache makes later starts faster); measured no "
+                            "faster per token on a 2-core CPU (README, Decoding speed)")
 
 
 def say_device(requested: str) -> None:
@@ -199,7 +203,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     ckpt = load(args.model, device=args.device)
     say_device(args.device)
     template = get_template(args.template) if args.template else ckpt.template
-    engine = Engine(ckpt.model, ckpt.tokenizer, template, args.quantize)
+    engine = Engine(ckpt.model, ckpt.tokenizer, template, args.quantize, args.compile)
     params = sampling_params(args)
     prompts = list(args.prompt) + (read_prompts(args.file, args.encoding) if args.file else [])
     piped = not prompts and not args.file and not sys.stdin.isatty()
@@ -243,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     say_device(args.device)
     reports = run_eval([model, *(args.compare or [])], records.examples, out, sampling_params(args), template,
                        args.batch_size, records.skipped, args.device, not args.no_progress, args.quantize,
-                       compare_fp32, judge_of(args, out))
+                       compare_fp32, judge_of(args, out), args.compile)
     print(metrics_table(reports))
     if compare_fp32:
         print(quantization_summary(reports[0], reports[1]))
@@ -288,7 +292,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         template = get_template()
         print(f"note: {args.model} has no template (a base model?); using {template.name!r} (--template to choose)",
               file=sys.stderr)
-    run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template, args.quantize), args.system),
+    run_chat(Conversation(Engine(ckpt.model, ckpt.tokenizer, template, args.quantize, args.compile), args.system),
              sampling_params(args))
 
 
@@ -471,7 +475,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                            "pip install 'gptmini[serve]'") from None
 
     run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
-               max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize)
+               max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize,
+               compile=args.compile)
 
 
 class PromptHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -13,6 +13,8 @@ scheduler.py (continuous batching, what `gptmini serve` runs); they get the answ
 """
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ import torch
 from .data.batches import slide_keep
 from .data.templates import Template
 from .errors import GptminiError
-from .model import GPTMini, KVCache
+from .model import GPTMini, KVCache, StaticCache
 from .quantize import quantize as quantized
 from .tokenizer import Tokenizer
 
@@ -103,17 +105,46 @@ def slid(prompt: list[int], answer: list[int], context_size: int) -> list[int]:
     return answer[-slide_keep(len(prompt), context_size + 1):]
 
 
+class CompiledStep:
+    """GPTMini.decode_step compiled with torch.compile (inductor: C++ on a CPU, Triton + CUDA graphs on
+    CUDA), once per batch size: every token of every request of that size reuses it. The first call of
+    a size compiles; its seconds go to `seconds` and to `report` (stderr by default). Inductor keeps
+    its compiled code on disk (/tmp/torchinductor_$USER), so a later process compiles faster."""
+
+    def __init__(self, model: GPTMini, report: Callable[[str], None] | None = None) -> None:
+        mode = "reduce-overhead" if model.embed.weight.device.type == "cuda" else None
+        # One graph per batch size and model shape, all on decode_step's code: dynamo's default cap is 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, mode=mode)
+        self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.seconds: dict[int, float] = {}
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                 cache: StaticCache) -> torch.Tensor:
+        batch = len(tokens)
+        if batch in self.seconds:
+            return self.step(tokens, positions, key_mask, cache)
+        start = time.perf_counter()
+        logits = self.step(tokens, positions, key_mask, cache)
+        self.seconds[batch] = time.perf_counter() - start
+        self.report(f"compiled the decode step for batch {batch} in {self.seconds[batch]:.1f} s")
+        return logits
+
+
 class Engine:
     """Generation for one model + tokenizer (+ the template its prompts were trained with).
 
     quantize="int8": generate with an int8 weight-only copy of the model (quantize.py).
+    compile=True: decode through a CompiledStep (the prefill stays eager): the same tokens, after a
+    compile per batch size; on the 2-core CPU measured no faster per token (README, "Decoding speed").
     """
 
     def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None,
-                 quantize: str | None = None) -> None:
+                 quantize: str | None = None, compile: bool = False) -> None:
         self.model, self.tokenizer, self.template = quantized(model, quantize).eval(), tokenizer, template
         if self.model.embed.weight.device.type == "cpu":
             self.model.use_decode_layout()
+        self.decode = CompiledStep(self.model) if compile else None
 
     def encode_prompt(self, prompt: str | list[dict], raw: bool = False) -> list[int]:
         """The ids the model answers, formatted by the template as in training (and as the CLI does): a
@@ -193,7 +224,8 @@ class Engine:
             generator = torch.Generator(self.model.embed.weight.device).manual_seed(params.seed)
         produced = 0
         while produced < params.max_new_tokens:
-            window = _Window(self.model, [p + a for p, a in zip(prompts, answers)], self.tokenizer.pad_id)
+            window = _Window(self.model, [p + a for p, a in zip(prompts, answers)], self.tokenizer.pad_id,
+                             self.decode)
             logits = window.prefill()
             for step in range(min(params.max_new_tokens - produced, window.room)):
                 tokens = sample_next(logits, params, generator)
@@ -207,16 +239,18 @@ class Engine:
 
 
 class _Window:
-    """Left-padded rows in one KV cache: prefill them, then decode a token per row per step."""
+    """Left-padded rows in one KV cache: prefill them, then decode a token per row per step (with `decode`,
+    a CompiledStep, through the fixed-shape step)."""
 
-    def __init__(self, model: GPTMini, rows: list[list[int]], pad_id: int) -> None:
-        self.model, config = model, model.config
+    def __init__(self, model: GPTMini, rows: list[list[int]], pad_id: int, decode: CompiledStep | None = None) -> None:
+        self.model, self.decode, config = model, decode, model.config
         device = model.embed.weight.device
         width = max(len(r) for r in rows)
         pads = torch.tensor([width - len(r) for r in rows], device=device)
         self.idx = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+        self.padded = bool(pads.any())
         self.positions = self.key_mask = None
-        if pads.any():
+        if self.padded or decode:  # the compiled step always takes them
             self.positions = (torch.arange(width, device=device) - pads[:, None]).clamp(min=0)
             self.key_mask = torch.zeros(len(rows), config.context_size, dtype=torch.bool, device=device)
             self.key_mask[:, :width] = torch.arange(width, device=device) >= pads[:, None]
@@ -225,15 +259,21 @@ class _Window:
 
     def prefill(self) -> torch.Tensor:
         """(B, V) logits of every row's next token."""
-        logits, _ = self.model(self.idx, positions=self.positions, key_mask=self.key_mask, cache=self.cache,
-                               last_only=True)
+        positions, key_mask = (self.positions, self.key_mask) if self.padded else (None, None)
+        logits, _ = self.model(self.idx, positions=positions, key_mask=key_mask, cache=self.cache, last_only=True)
         return logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.key_mask is not None:
             self.key_mask[:, self.cache.length] = True
             self.positions = self.positions[:, -1:] + 1
-        logits, _ = self.model(tokens[:, None], positions=self.positions, key_mask=self.key_mask, cache=self.cache)
+        if self.decode:
+            index = torch.full((len(tokens),), self.cache.length, device=tokens.device)
+            self.cache.length += 1
+            return self.decode(tokens[:, None], self.positions, self.key_mask,
+                               StaticCache(self.cache.k, self.cache.v, index))
+        positions, key_mask = (self.positions, self.key_mask) if self.padded else (None, None)
+        logits, _ = self.model(tokens[:, None], positions=positions, key_mask=key_mask, cache=self.cache)
         return logits[:, -1]
 
 

@@ -141,9 +141,9 @@ def masked_loss(ckpt, template: Template, examples: list[Example], batch_size: i
 
 def evaluate_model(ckpt, template: Template, examples: list[Example], params: SamplingParams,
                    batch_size: int = 32, name: str | None = None, show_progress: bool = True,
-                   quantize: str | None = None) -> ModelReport:
+                   quantize: str | None = None, compile: bool = False) -> ModelReport:
     """Answers every example's prompt (all messages but the final answer) and scores the answers."""
-    engine = Engine(ckpt.model, ckpt.tokenizer, template, quantize)
+    engine = Engine(ckpt.model, ckpt.tokenizer, template, quantize, compile)
     prompts = [engine.encode_prompt(e.messages[:-1]) for e in examples]
     completions = []
     name = name or str(ckpt.path)
@@ -186,7 +186,8 @@ def unique_names(models: list[str | Path]) -> list[str]:
 def run_eval(models: list[str | Path], examples: list[Example], out: Path, params: SamplingParams,
              template: Template | None = None, batch_size: int = 32, skipped: list[str] = (),
              device: str = "cpu", show_progress: bool = True, quantize: str | None = None,
-             compare_unquantized: bool = False, judge: Judge | None = None) -> list[ModelReport]:
+             compare_unquantized: bool = False, judge: Judge | None = None,
+             compile: bool = False) -> list[ModelReport]:
     """Evaluates every checkpoint on the examples and writes the report into `out`.
 
     `template` is for checkpoints without one (base models); by default they borrow the first
@@ -194,6 +195,7 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
     `quantize` ("int8") evaluates quantized copies; with `compare_unquantized` the first model in
     float32 comes first, beside them (see quantization_summary). `judge` also scores every answer 0-100
     (see judge.py); the report is written first without it, so a judge that fails midway loses nothing.
+    `compile`: decode through a compiled step (Engine(compile=True)).
     """
     examples, unscored = scorable(examples)
     if not examples:
@@ -211,7 +213,8 @@ def run_eval(models: list[str | Path], examples: list[Example], out: Path, param
     runs = [(c, f"{name} ({quantize})" if quantize else name, quantize) for c, name in zip(ckpts, names)]
     if quantize and compare_unquantized:
         runs.insert(0, (ckpts[0], f"{names[0]} (fp32)", None))
-    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name, show_progress, mode)
+    reports = [evaluate_model(c, c.template or template, examples, params, batch_size, name, show_progress, mode,
+                              compile)
                for c, name, mode in runs]
     data = {"scored": len(examples), "skipped": list(skipped), "no_reference": unscored}
     write_report(out, reports, examples, [Path(m) for m in models], data)

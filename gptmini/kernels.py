@@ -4,7 +4,7 @@
   gradient once instead of gluing halves together with copies (+5-9 % a training step).
 - swiglu / SwiGLU: silu(gate) * up; the same for its backward.
 - Linear: nn.Linear whose one-row products (batch-1 decoding) are split over PyTorch's threads;
-  otherwise F.linear.
+  otherwise F.linear. `write_rows` (the static cache's write) is a custom op, opaque to torch.compile.
 - LinearCrossEntropy: the summed cross-entropy of the output head, chunked; equals
   F.cross_entropy(x @ weight.T, targets, ignore_index=-100, reduction="sum") (GPTMini.loss).
 
@@ -43,9 +43,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Ten
 
 
 def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv_heads: int):
-    """q, k, v (B, T, heads, head_dim) from the fused qkv projection, q and k rotated."""
+    """q, k, v (B, T, heads, head_dim) from the fused qkv projection, q and k rotated.
+
+    Under torch.compile (the decode step) the rotation is the plain formula, which inductor fuses into
+    one loop (and which it can trace: it refuses `out=` views)."""
     qk, v = qkv.split((n_heads + n_kv_heads, n_kv_heads), dim=2)
-    q, k = rotate(qk, cos, sin, qk.new_empty(qk.shape)).split((n_heads, n_kv_heads), dim=2)
+    if torch.compiler.is_compiling():
+        x1, x2 = qk.chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        rotated = rotate(qk, cos, sin, qk.new_empty(qk.shape))
+    q, k = rotated.split((n_heads, n_kv_heads), dim=2)
     return q, k, v
 
 
@@ -117,11 +125,36 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
-        parts = math.gcd(torch.get_num_threads(), n_in)
+        parts = math.gcd(threads(), n_in)
         if x.numel() != n_in or parts < 2 or not self.weight.t().is_contiguous():
             return F.linear(x, self.weight)
-        partial = torch.bmm(x.reshape(parts, 1, n_in // parts), self.weight.t().view(parts, n_in // parts, -1))
+        blocks = x.reshape(parts, 1, n_in // parts)
+        if torch.compiler.is_compiling():  # inductor writes a one-row bmm as its own slower loop; two rows stay MKL's
+            blocks = torch.cat((blocks, torch.zeros_like(blocks)), dim=1)
+        partial = torch.bmm(blocks, self.weight.t().view(parts, n_in // parts, -1))[:, :1]
         return partial.sum(0).view(*x.shape[:-1], -1)
+
+
+@torch.compiler.assume_constant_result
+def threads() -> int:
+    """PyTorch's thread count, a constant to torch.compile (the compiled decode step keeps its split)."""
+    return torch.get_num_threads()
+
+
+def write_rows(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
+    """cache[layer, row, :, index[row]] = new[row, :, 0] for every row: the static cache's write."""
+    rows = torch.arange(len(new), device=new.device)
+    cache[layer, rows, :, index] = new[:, :, 0]
+
+
+# An op opaque to torch.compile (GPTMini.decode_step): it writes the cache in place, where a plain
+# index_put in the compiled step makes a copy of the layer's cache every step.
+torch.library.custom_op("gptmini::write_rows", write_rows, mutates_args=("cache",))
+
+
+def cache_write(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
+    """write_rows, as the op when compiling."""
+    (torch.ops.gptmini.write_rows if torch.compiler.is_compiling() else write_rows)(cache, layer, index, new)
 
 
 class LinearCrossEntropy(torch.autograd.Function):

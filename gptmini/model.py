@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GptminiError
-from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu
+from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu, cache_write
 
 
 @dataclass
@@ -81,6 +81,21 @@ class KVCache:
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class StaticCache:
+    """The decode step's view of a cache (its keys/values, (layers, batch, kv heads, window, head dim)):
+    each of the first B rows writes its new key at its own position `index[row]` and attends over the
+    whole window (unwritten positions hidden by the step's key mask). Every step then has the same
+    shapes, so torch.compile compiles it once (GPTMini.decode_step)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> None:
+        self.k, self.v, self.index = k, v, index
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache_write(self.k, layer, self.index, k)
+        cache_write(self.v, layer, self.index, v)
+        return self.k[layer, :len(k)], self.v[layer, :len(v)]
 
 
 class Attention(nn.Module):
@@ -226,6 +241,20 @@ class GPTMini(nn.Module):
         if targets is None:
             return logits, None
         return logits, self.loss(logits, targets, loss_reduction)
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                    cache: StaticCache) -> torch.Tensor:
+        """(B, V) logits of one token per row, every shape fixed whatever the rows' lengths: the step
+        torch.compile compiles once per batch size (engine.CompiledStep).
+
+        tokens, positions: (B, 1) ids and rotary positions; key_mask: (B, context) True where a row sees
+        a key (its new one included); the cache writes each row's key at `cache.index`.
+        """
+        cos, sin = self.rope_cos[positions].unsqueeze(2), self.rope_sin[positions].unsqueeze(2)
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin, key_mask[:, None, None, :], cache)
+        return self.lm_head(self.norm(x))[:, -1]
 
     @staticmethod
     def _attention_mask(T: int, start: int, key_mask, device):

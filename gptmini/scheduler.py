@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .engine import Completion, Engine, SamplingParams, _Row, _Window, sample_next, slid
-from .model import GPTConfig, KVCache
+from .model import GPTConfig, KVCache, StaticCache
 
 
 # On a CPU a batched step of 8 rows costs about 2x one row (the weights stream once for all), so
@@ -35,15 +35,14 @@ class Cancelled(Exception):
     """A request that was cancelled (its client left, or the scheduler was stopped) before it finished."""
 
 
-class SlotCache:
+class SlotCache(StaticCache):
     """Keys and values for `slots` sequences, each slot with its own length (the model's cache for a step)."""
 
     def __init__(self, config: GPTConfig, slots: int, device, dtype) -> None:
         shape = (config.n_layers, slots, config.n_kv_heads, config.context_size, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        super().__init__(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                         torch.zeros(0, dtype=torch.long, device=device))
         self.lengths = [0] * slots
-        self.rows = self.positions = None
         self.length = 0  # the longest row of this step: the model attends over keys [0, length]
 
     def store(self, slot: int, cache: KVCache) -> None:
@@ -61,18 +60,24 @@ class SlotCache:
         """Rows 0..n-1 each take one token: their (n, 1) positions and (n, S) key mask (None, None for one
         row, whose position is the cache length and which sees every cached key)."""
         device = self.k.device
-        self.positions = torch.tensor(self.lengths[:n], device=device)
-        self.rows, self.length = torch.arange(n, device=device), max(self.lengths[:n])
+        self.index, self.length = torch.tensor(self.lengths[:n], device=device), max(self.lengths[:n])
         if n == 1:
             return None, None
-        return self.positions[:, None], torch.arange(self.length + 1, device=device) <= self.positions[:, None]
+        return self.index[:, None], torch.arange(self.length + 1, device=device) <= self.index[:, None]
+
+    def begin_static(self, n: int, bucket: int) -> tuple[torch.Tensor, torch.Tensor, StaticCache]:
+        """The compiled step's (bucket, 1) positions, (bucket, context) key mask and cache: rows 0..n-1 as
+        in begin, then free slots up to `bucket` rows (so that a few sizes compile), which write at their
+        position 0 what no request reads (a slot's keys are stored anew when a request takes it)."""
+        device = self.k.device
+        index = torch.tensor(self.lengths[:n] + [0] * (bucket - n), device=device)
+        key_mask = torch.arange(self.k.shape[3], device=device) <= index[:, None]
+        return index[:, None], key_mask, StaticCache(self.k, self.v, index)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes each row's new key/value at its own length; returns the rows' keys up to the longest."""
-        self.k[layer, self.rows, :, self.positions] = k[:, :, 0]
-        self.v[layer, self.rows, :, self.positions] = v[:, :, 0]
-        n, end = len(self.rows), self.length + 1
-        return self.k[layer, :n, :, :end], self.v[layer, :n, :, :end]
+        keys, values = super().update(layer, k, v)
+        return keys[:, :, :self.length + 1], values[:, :, :self.length + 1]
 
     def end(self, n: int) -> None:
         for i in range(n):
@@ -186,11 +191,8 @@ class Scheduler:
         if not self.running:
             return produced
         n = len(self.running)
-        positions, key_mask = self.pool.begin(n)
-        tokens = torch.tensor([[r.next_token] for r in self.running], device=self.pool.k.device)
-        logits, _ = self.engine.model(tokens, positions=positions, key_mask=key_mask, cache=self.pool)
+        logits = self._decode([r.next_token for r in self.running])
         self.pool.end(n)
-        logits = logits[:, -1]
         greedy = logits.argmax(dim=-1).tolist()
         for i, request in enumerate(list(self.running)):
             params = request.params
@@ -198,6 +200,27 @@ class Scheduler:
             produced += 1
             self._take(request, token)
         return produced
+
+    @torch.inference_mode()
+    def compile_buckets(self) -> None:
+        """Compiles the engine's step for every batch bucket now, so that no request waits for a compile
+        (`serve --compile` does this before it listens). The steps write into free slots only."""
+        for bucket in sorted({min(1 << i, self.max_batch) for i in range(self.max_batch.bit_length() + 1)}):
+            tokens = torch.zeros(bucket, 1, dtype=torch.long, device=self.pool.k.device)
+            self.engine.decode(tokens, *self.pool.begin_static(0, bucket))
+
+    def _decode(self, tokens: list[int]) -> torch.Tensor:
+        """(n, V) logits of the running rows' next tokens: the engine's compiled step on the batch bucket
+        (the next power of two) when it has one, else the model on the n rows."""
+        n, device, decode = len(tokens), self.pool.k.device, self.engine.decode
+        if decode is None:
+            positions, key_mask = self.pool.begin(n)
+            logits, _ = self.engine.model(torch.tensor(tokens, device=device)[:, None], positions=positions,
+                                          key_mask=key_mask, cache=self.pool)
+            return logits[:, -1]
+        bucket = min(1 << (n - 1).bit_length(), self.max_batch)
+        padded = torch.tensor(tokens + [0] * (bucket - n), device=device)[:, None]
+        return decode(padded, *self.pool.begin_static(n, bucket))[:n]
 
     def _prefill(self, request: Request) -> int:
         """Prefills the request's window alone into its slot and takes the token it samples."""

@@ -87,11 +87,13 @@ class Server:
     """The engine, its scheduler thread, and the count of admitted requests (touched on the event loop only)."""
 
     def __init__(self, ckpt: checkpoint.Checkpoint, name: str, max_tokens: int, max_batch: int, queue_size: int,
-                 quantize: str | None = None) -> None:
-        self.engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template or get_template(), quantize)
+                 quantize: str | None = None, compile: bool = False) -> None:
+        self.engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template or get_template(), quantize, compile)
         self.name, self.max_tokens, self.max_batch = name, max_tokens, max_batch
         self.capacity = max_batch + queue_size
         self.scheduler = Scheduler(self.engine, max_batch)
+        if compile:
+            self.scheduler.compile_buckets()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.scheduler.serve, args=(self.stopped,), daemon=True,
                                        name="gptmini-generate")
@@ -217,7 +219,7 @@ async def disconnected(request: Request) -> None:
 
 def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = None, max_tokens: int = 256,
                max_batch: int = MAX_BATCH, queue_size: int = 16, device: str = "cpu",
-               quantize: str | None = None) -> FastAPI:
+               quantize: str | None = None, compile: bool = False) -> FastAPI:
     if max_batch < 1 or queue_size < 0 or max_tokens < 1:
         raise GptminiError(f"need --max-batch >= 1, --queue-size >= 0 and --max-tokens >= 1 "
                            f"(got {max_batch}, {queue_size}, {max_tokens})")
@@ -225,7 +227,7 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
     name = Path(ckpt.path).name if ckpt.path else "gptmini"
     if name in ("last", "best") and ckpt.path:
         name = f"{Path(ckpt.path).parent.name}/{name}"
-    server = Server(ckpt, name, max_tokens, max_batch, queue_size, quantize)
+    server = Server(ckpt, name, max_tokens, max_batch, queue_size, quantize, compile)
     started = int(time.time())
 
     @asynccontextmanager
