@@ -246,6 +246,7 @@ def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, trai
     """The training flags; model_flags=False for a verb whose model is always a checkpoint's (dpo);
     train_defaults: the verb's own defaults for some TrainConfig fields (shown in the help)."""
     from .pretrain import DEFAULT_MODEL
+    from .tracking import TRACKERS
     from .train import TrainConfig
 
     if model_flags:
@@ -265,6 +266,8 @@ def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, trai
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None,
                        help="no progress bars: a plain line every --log-every steps instead (for log files)")
+    train.add_argument("--log-to", action="append", choices=TRACKERS, help="also log the metrics to this tracker "
+                       "(repeat for both; W&B offline without WANDB_API_KEY); metrics.jsonl is always written")
     train.add_argument("--devices", type=POSITIVE_INT, default=1,
                        help="processes to train with (DDP via torchrun: gloo on CPU, NCCL with --device cuda)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -287,7 +290,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
-    return given(args, [*TRAIN_FLAGS, "schedule", "bf16", "compile", "show_progress"])
+    return given(args, [*TRAIN_FLAGS, "schedule", "bf16", "compile", "show_progress", "log_to"])
 
 
 def print_summary(summary: dict, out: str) -> None:
