@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("sft", "instruction-tune a base model (loss on the responses only)")
     p.add_argument("--base", default="none", help="base checkpoint dir (or run folder), a legacy state-dict .pt, "
                                                   "or none: a new model trained from scratch")
-    p.add_argument("--data", help="JSON/JSONL/CSV/TSV records; default: the embedded instruction set")
+    p.add_argument("--data", help="JSON/JSONL/CSV/TSV/parquet records (a folder of parquet shards, or "
+                                  "hf:OWNER/NAME[:SPLIT] from the Hub); default: the embedded instruction set")
     p.add_argument("--out", help=out_help + " (required, except with --show-masks)")
     p.add_argument("--template", help="comando (default), alpaca, chat, or a template file")
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (for --val-data: "
@@ -487,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("dpo", "preference-tune an assistant on (prompt, chosen, rejected) pairs (DPO)")
     p.add_argument("--base", help="the checkpoint to tune (dir or run folder), e.g. an SFT run; also the frozen "
                                   "reference (required, except with --resume)")
-    p.add_argument("--data", required=True, help="preference pairs, JSON/JSONL/CSV/TSV: {prompt, chosen, rejected} "
+    p.add_argument("--data", required=True, help="preference pairs, JSON/JSONL/CSV/TSV/parquet or hf:OWNER/NAME: {prompt, chosen, rejected} "
                                                  "texts, or TRL's conversational lists of messages")
     p.add_argument("--out", required=True, help=out_help + ", and reference.safetensors (the cached reference)")
     p.add_argument("--fields", help="column names, e.g. prompt=pergunta,chosen=boa,rejected=ruim (default: "
