@@ -91,9 +91,8 @@ def save(path: str | Path, model: GPTMini, tokenizer: Tokenizer, meta: dict | No
     """Writes the checkpoint directory atomically; `write_extra(tmp_dir)` may add files (train state)."""
     if tokenizer.vocab_size > model.config.vocab_size:
         raise GptminiError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
-    config = {"gptmini_version": __version__, "model": model.config.to_dict(),
-              "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
-                                                       "specials": tokenizer.specials}, **(meta or {})}
+    config = {"gptmini_version": __version__, "model": model.config.to_dict(), **(meta or {}),
+              "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "specials": tokenizer.specials}}
     with atomic_directory(path) as tmp:
         save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -127,13 +126,20 @@ def read_config(path: str | Path) -> dict:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GptminiError(f"{file}: not valid JSON ({exc})") from None
+    from .hf import checkpoint_config, is_hf_dir
+
+    if is_hf_dir(path):
+        return checkpoint_config(path)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise GptminiError(f"{file}: lacks the \"model\" section with the model config")
     return config
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """A checkpoint directory, or a run folder (its last/ checkpoint), on `device` (auto: device.py's choice)."""
+    """A checkpoint directory, a run folder (its last/ checkpoint) or a transformers Llama directory (hf.py), on
+    `device` (auto: device.py's choice)."""
+    from . import hf  # hf.py builds on this module
+
     device = resolve_device(device)  # a device this machine lacks fails before the files are read
     path = resolve_run(path)
     config = read_config(path)
@@ -145,7 +151,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     if tokenizer.vocab_size > model_config.vocab_size:
         raise GptminiError(f"{path / TOKENIZER}: {tokenizer.vocab_size} tokens do not fit the model's "
                            f"vocab_size {model_config.vocab_size} in {path / CONFIG}")
-    model = build_model(model_config, read_weights(path / WEIGHTS, model_config))
+    if hf.is_hf_dir(path):
+        state = hf.hf_state(path, model_config)
+    else:
+        state = read_weights(path / WEIGHTS, model_config)
+    model = build_model(model_config, state)
     meta = {k: v for k, v in config.items() if k not in ("model", "gptmini_version")}
     return Checkpoint(model.to(device).eval(), tokenizer, meta, path)
 

@@ -336,6 +336,7 @@ def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, trai
     train_defaults: the verb's own defaults for some TrainConfig fields (shown in the help)."""
     from .device import PRECISIONS
     from .pretrain import DEFAULT_MODEL
+    from .tracking import TRACKERS
     from .train import TrainConfig
 
     if model_flags:
@@ -358,6 +359,8 @@ def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, trai
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None,
                        help="no progress bars: a plain line every --log-every steps instead (for log files)")
+    train.add_argument("--log-to", action="append", choices=TRACKERS, help="also log the metrics to this tracker "
+                       "(repeat for both; W&B offline without WANDB_API_KEY); metrics.jsonl is always written")
     train.add_argument("--devices", type=POSITIVE_INT, default=1,
                        help="processes to train with (DDP via torchrun: gloo on CPU, NCCL with --device cuda)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -380,7 +383,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
-    return given(args, [*TRAIN_FLAGS, "schedule", "precision", "compile", "show_progress"])
+    return given(args, [*TRAIN_FLAGS, "schedule", "precision", "compile", "show_progress", "log_to"])
 
 
 def print_summary(summary: dict, out: str) -> None:
@@ -599,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("sft", "instruction-tune a base model (loss on the responses only)")
     p.add_argument("--base", default="none", help="base checkpoint dir (or run folder), a legacy state-dict .pt, "
                                                   "or none: a new model trained from scratch")
-    p.add_argument("--data", help="JSON/JSONL/CSV/TSV records; default: the embedded instruction set")
+    p.add_argument("--data", help="JSON/JSONL/CSV/TSV/parquet records (a folder of parquet shards, or "
+                                  "hf:OWNER/NAME[:SPLIT] from the Hub); default: the embedded instruction set")
     p.add_argument("--out", help=out_help + " (required, except with --show-masks)")
     p.add_argument("--template", help="comando (default), alpaca, chat, or a template file")
     p.add_argument("--fields", help="column names, e.g. instruction=pergunta,response=resposta (for --val-data: "
@@ -628,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("dpo", "preference-tune an assistant on (prompt, chosen, rejected) pairs (DPO)")
     p.add_argument("--base", help="the checkpoint to tune (dir or run folder), e.g. an SFT run; also the frozen "
                                   "reference (required, except with --resume)")
-    p.add_argument("--data", required=True, help="preference pairs, JSON/JSONL/CSV/TSV: {prompt, chosen, rejected} "
+    p.add_argument("--data", required=True, help="preference pairs, JSON/JSONL/CSV/TSV/parquet or hf:OWNER/NAME: {prompt, chosen, rejected} "
                                                  "texts, or TRL's conversational lists of messages")
     p.add_argument("--out", required=True, help=out_help + ", and reference.safetensors (the cached reference)")
     p.add_argument("--fields", help="column names, e.g. prompt=pergunta,chosen=boa,rejected=ruim (default: "

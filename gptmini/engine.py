@@ -155,7 +155,7 @@ class Engine:
         if raw:
             if not isinstance(prompt, str):
                 raise GptminiError("raw=True takes a string to continue; a list of messages needs the template")
-            return self.tokenizer.encode(prompt)
+            return self.tokenizer.encode(prompt, start=True)
         if self.template is None:
             raise GptminiError("this model has no template: pass raw=True to continue the text as given, or give "
                                "the Engine a template, e.g. Engine(model, tokenizer, get_template('comando'))")

@@ -8,12 +8,17 @@ merges and special tokens, and the chat template. Two details make the logits eq
   converter does, maps one onto the other (q.k is unchanged by the same permutation of both).
 - the pre-tokenizer: llama.cpp does not run tokenizer.json's, it picks a built-in regex by the
   name in `tokenizer.ggml.pre`. Ours is GPT-2's ByteLevel split, which llama.cpp calls "gpt-2".
+A SentencePiece-style base (TeenyTinyLlama, Tucano: BPE with byte fallback and "▁") goes as llama.cpp's
+"llama" (SPM) vocabulary instead: its tokeniser merges the adjacent pair whose token scores highest, so
+each token scores minus the rank of the merge that makes it (BPE's order), <0xNN> tokens are bytes, and
+the BOS and the "▁" in front of a text are added as the model's tokenizer adds them.
 Beside the file goes an Ollama Modelfile (FROM, TEMPLATE, stop, context) for `ollama create`.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import gguf
@@ -25,13 +30,14 @@ from .data.templates import Template
 from .errors import GptminiError
 from .hf import chat_template, to_hf_state
 from .model import GPTConfig, GPTMini
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, adds_prefix
 
 DTYPES = ("f32", "f16", "q8_0")
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
               "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 PRE_TOKENIZER = "gpt-2"  # llama.cpp's name for GPT-2's split regex, the one a ByteLevel pre-tokenizer applies
 MODELFILE = "Modelfile"
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback token
 
 
 def rope_permute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -67,11 +73,13 @@ def encoded(tensor: torch.Tensor, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuan
 
 def check_tokenizer(tokenizer: Tokenizer, where: Path) -> dict:
     """tokenizer.json as a dict, when llama.cpp tokenises exactly as it does; a clear refusal otherwise."""
+    spec = json.loads(tokenizer.backend.to_str())
+    if tokenizer.kind == "spm":
+        return spec
     if tokenizer.kind == "char":
         raise GptminiError(f"{where}: character-level tokenizer; GGUF runtimes (llama.cpp, Ollama) only know "
                            "subword vocabularies, so this model cannot be exported to GGUF. Train it with "
                            "--tokenizer bpe (the default), or use `gptmini export --format hf`")
-    spec = json.loads(tokenizer.backend.to_str())
     pre = spec.get("pre_tokenizer") or {}
     if (spec.get("normalizer") or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space")
             or not pre.get("use_regex", True) or spec["model"].get("byte_fallback")):
@@ -85,28 +93,64 @@ def check_tokenizer(tokenizer: Tokenizer, where: Path) -> dict:
     return spec
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer, spec: dict, vocab_size: int) -> None:
+def token_types(tokenizer: Tokenizer, spec: dict, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Token texts and llama.cpp token types; rows of the embedding beyond the tokenizer get placeholder
+    names, as the converter gives them."""
     by_id = {i: token for token, i in tokenizer.vocab().items()}
     special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
-    # Rows of the embedding beyond the tokenizer get placeholder names, as the converter gives them.
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
-    types = [gguf.TokenType.UNUSED if i not in by_id else gguf.TokenType.CONTROL if i in special
-             else gguf.TokenType.NORMAL for i in range(vocab_size)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZER)
+
+    def kind(i: int) -> int:
+        if i not in by_id:
+            return gguf.TokenType.UNUSED
+        if i == tokenizer.unk_id and tokenizer.kind == "spm":
+            return gguf.TokenType.UNKNOWN
+        if i in special:
+            return gguf.TokenType.CONTROL
+        return gguf.TokenType.BYTE if tokenizer.kind == "spm" and BYTE_TOKEN.fullmatch(by_id[i]) else gguf.TokenType.NORMAL
+    return [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)], [kind(i) for i in range(vocab_size)]
+
+
+def add_spm_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer, spec: dict, vocab_size: int) -> None:
+    """A SentencePiece-style BPE as llama.cpp's "llama" vocabulary (see the module's note on scores)."""
+    tokens, types = token_types(tokenizer, spec, vocab_size)
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(merges_of(spec)):
+        rank.setdefault(merge.replace(" ", "", 1), i)  # the first merge that makes a token is the one BPE applies
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
+    writer.add_token_scores([-float(rank[t]) if t in rank else 0.0 for t in tokens])
     writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    # No BOS of our own: end-of-text stands in (as in GPT-2), never added in front of a prompt;
+    add_special_ids(writer, tokenizer)
+    writer.add_add_space_prefix(adds_prefix(spec))
+
+
+def merges_of(spec: dict) -> list[str]:
+    return [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+
+
+def add_special_ids(writer: gguf.GGUFWriter, tokenizer: Tokenizer) -> None:
+    # Without a BOS of our own, end-of-text stands in (as in GPT-2), never added in front of a prompt;
     # left unset, llama.cpp would take id 11, an ordinary token of ours.
-    writer.add_bos_token_id(tokenizer.eot_id)
+    writer.add_bos_token_id(tokenizer.eot_id if tokenizer.bos_id is None else tokenizer.bos_id)
     writer.add_eos_token_id(tokenizer.eot_id)
     writer.add_pad_token_id(tokenizer.pad_id)
     if tokenizer.unk_id is not None:
         writer.add_unk_token_id(tokenizer.unk_id)
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(tokenizer.bos_id is not None)
     writer.add_add_eos_token(False)
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer, spec: dict, vocab_size: int) -> None:
+    if tokenizer.kind == "spm":
+        return add_spm_tokenizer(writer, tokenizer, spec, vocab_size)
+    tokens, types = token_types(tokenizer, spec, vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(PRE_TOKENIZER)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges_of(spec))
+    add_special_ids(writer, tokenizer)
 
 
 def modelfile(gguf_name: str, template: Template | None, eos: str, context_size: int) -> str:
@@ -164,7 +208,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "f32") -> P
     add_llama(writer, c)
     add_tokenizer(writer, tok, spec, c.vocab_size)
     if ckpt.template:
-        writer.add_chat_template(chat_template(ckpt.template, eos))
+        bos = tok.id_to_token(tok.bos_id) if tok.bos_id is not None else None
+        writer.add_chat_template(chat_template(ckpt.template, eos, bos))
     for name, tensor in gguf_tensors(ckpt.model).items():
         data, qtype = encoded(tensor, dtype)
         writer.add_tensor(name, data, raw_dtype=qtype)

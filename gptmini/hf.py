@@ -54,14 +54,15 @@ def to_hf_state(model: GPTMini) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def chat_template(template: Template, eos: str) -> str:
-    """The checkpoint's template as a Jinja chat template (what `apply_chat_template` renders)."""
+def chat_template(template: Template, eos: str, bos: str | None = None) -> str:
+    """The checkpoint's template as a Jinja chat template (what `apply_chat_template` renders); a model with
+    a BOS gets it in front, as our Template.encode puts it."""
     def piece(text: str, placeholder: str) -> str:
         before, _, after = text.partition(placeholder)
         return f"{{{{ {json.dumps(before)} }}}}{{{{ message['content'] }}}}{{{{ {json.dumps(after)} }}}}"
 
     system = piece(template.system, "{system}") if template.system else ""
-    return ("{% for message in messages %}"
+    return ((f"{{{{ {json.dumps(bos)} }}}}" if bos else "") + "{% for message in messages %}"
             f"{{% if message['role'] == 'system' %}}{system}"
             f"{{% elif message['role'] == 'user' %}}{piece(template.prompt, '{instruction}')}"
             f"{{% else %}}{{{{ message['content'] }}}}{{{{ {json.dumps(eos)} }}}}{{% endif %}}"
@@ -77,19 +78,22 @@ def export(model_dir: str | Path, out: str | Path, template: Template | None = N
     template = template or ckpt.template
     c, tok = ckpt.model.config, ckpt.tokenizer
     eos, pad = tok.id_to_token(tok.eot_id), tok.id_to_token(tok.pad_id)
+    bos = tok.id_to_token(tok.bos_id) if tok.bos_id is not None else None
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
               "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden, "num_hidden_layers": c.n_layers,
               "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads, "head_dim": c.head_dim,
               "max_position_embeddings": c.context_size, "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
               "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": c.tie_embeddings,
               "initializer_range": 0.02, "torch_dtype": "float32", "eos_token_id": tok.eot_id,
-              "pad_token_id": tok.pad_id, "bos_token_id": None}
+              "pad_token_id": tok.pad_id, "bos_token_id": tok.bos_id}
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
                         "model_max_length": c.context_size, "clean_up_tokenization_spaces": False}
     if tok.unk_id is not None:
         tokenizer_config["unk_token"] = tok.id_to_token(tok.unk_id)
+    if bos:  # tokenizer.json's post-processor adds it; the config says so for readers of the config
+        tokenizer_config.update(bos_token=bos, add_bos_token=True)
     if template:
-        tokenizer_config["chat_template"] = chat_template(template, eos)
+        tokenizer_config["chat_template"] = chat_template(template, eos, bos)
     generation = {"eos_token_id": tok.eot_id, "pad_token_id": tok.pad_id, "do_sample": False,
                   "max_length": c.context_size}
     with checkpoint.atomic_directory(out) as tmp:
@@ -97,7 +101,7 @@ def export(model_dir: str | Path, out: str | Path, template: Template | None = N
         for name, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config),
                            ("generation_config.json", generation)):
             (tmp / name).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-        shutil.copy(Path(model_dir) / checkpoint.TOKENIZER, tmp / "tokenizer.json")
+        shutil.copy(ckpt.path / checkpoint.TOKENIZER, tmp / "tokenizer.json")  # the resolved dir: a run folder names its last/
     return Path(out)
 
 
@@ -170,7 +174,8 @@ def _hf_config(hf_dir: Path) -> GPTConfig:
     unsupported = [k for k in ("attention_bias", "mlp_bias") if cfg.get(k)]
     if cfg.get("hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act={cfg['hidden_act']}")
-    if cfg.get("rope_scaling"):
+    rope = cfg.get("rope_parameters") or {}  # transformers 5 writes rope_theta (and any scaling) in here
+    if cfg.get("rope_scaling") or rope.get("rope_type", "default") != "default":
         unsupported.append("rope_scaling")
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     if head_dim * cfg["num_attention_heads"] != cfg["hidden_size"]:
@@ -182,7 +187,7 @@ def _hf_config(hf_dir: Path) -> GPTConfig:
                      n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
                      n_layers=cfg["num_hidden_layers"], mlp_hidden=cfg["intermediate_size"],
                      tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                     rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)))
+                     rope_theta=float(cfg.get("rope_theta") or rope.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)))
 
 
 def _hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -215,22 +220,65 @@ def from_hf_state(state: dict[str, torch.Tensor], config: GPTConfig, where: Path
     return ours
 
 
+def _hf_specials(hf_dir: Path) -> dict[str, str | None]:
+    """End-of-text, padding, unknown and BOS as the model's own config names them: tokenizer_config.json
+    (its eos_token, else generation_config.json's eos_token_id); BOS only where the model adds one
+    (add_bos_token, else tokenizer.json's post-processor puts it in front)."""
+    tok_config = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").is_file() else {}
+    spec = _read_json(hf_dir / "tokenizer.json")
+    specials = {role: _token_text(tok_config.get(key)) for role, key in
+                (("eot", "eos_token"), ("pad", "pad_token"), ("unk", "unk_token"), ("bos", "bos_token"))}
+    if not specials["eot"] and (hf_dir / "generation_config.json").is_file():
+        eos = _read_json(hf_dir / "generation_config.json").get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+        by_id = {i: t for t, i in spec["model"].get("vocab", {}).items()} | {t["id"]: t["content"] for t in
+                                                                           spec.get("added_tokens", [])}
+        specials["eot"] = by_id.get(eos)
+    if not specials["eot"]:
+        raise GptminiError(f"{hf_dir / 'tokenizer_config.json'}: no eos_token (nor generation_config.json's "
+                           "eos_token_id); gptmini needs one to stop generation")
+    if not tok_config.get("add_bos_token", _post_processor_adds(spec, specials["bos"])):
+        specials["bos"] = None
+    return specials
+
+
+def _post_processor_adds(spec: dict, token: str | None) -> bool:
+    """Whether tokenizer.json's post-processor (a TemplateProcessing, alone or in a Sequence) starts a text with `token`."""
+    pp = spec.get("post_processor") or {}
+    single = pp.get("single") or [item for p in pp.get("processors", []) for item in p.get("single", [])]
+    return bool(token) and bool(single) and single[0].get("SpecialToken", {}).get("id") == token
+
+
+def is_hf_dir(path: Path) -> bool:
+    """A transformers model directory: a config.json with a model_type and no gptmini "model" section."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config and "model" not in config
+
+
+def checkpoint_config(hf_dir: Path) -> dict:
+    """A transformers Llama directory's config as a gptmini checkpoint's (checkpoint.read_config reads both)."""
+    return {"model": _hf_config(hf_dir).to_dict(), "tokenizer": {"specials": _hf_specials(hf_dir)},
+            "kind": "imported", "source": {"hf_dir": str(hf_dir)}}
+
+
+def hf_state(hf_dir: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The directory's weights under our names (checkpoint.load on a transformers directory)."""
+    return from_hf_state(_hf_weights(hf_dir), config, hf_dir)
+
+
 def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
-    """A local transformers Llama checkpoint -> a gptmini checkpoint (sft, eval, chat, serve work on it)."""
+    """A local transformers Llama checkpoint -> a gptmini checkpoint (sft, eval, chat, serve work on it; they
+    also take the directory itself, converted in memory each time)."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise GptminiError(f"{hf_dir}: no such directory")
-    config = _hf_config(hf_dir)
-    tok_config = _read_json(hf_dir / "tokenizer_config.json") if (hf_dir / "tokenizer_config.json").is_file() else {}
-    specials = {role: _token_text(tok_config.get(key)) for role, key in
-                (("eot", "eos_token"), ("pad", "pad_token"), ("unk", "unk_token"))}
-    if not specials["eot"]:
-        raise GptminiError(f"{hf_dir / 'tokenizer_config.json'}: no eos_token; gptmini needs one to stop generation")
-    tokenizer = Tokenizer.load(hf_dir / "tokenizer.json", specials)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise GptminiError(f"{hf_dir}: tokenizer has {tokenizer.vocab_size} tokens, the model only {config.vocab_size}")
-    model = checkpoint.build_model(config, from_hf_state(_hf_weights(hf_dir), config, hf_dir))
-    return checkpoint.save(out, model, tokenizer, {"kind": "imported", "source": {"hf_dir": str(hf_dir)}})
+    if not is_hf_dir(hf_dir):
+        _hf_config(hf_dir)  # says what is wrong with its config.json
+    ckpt = checkpoint.load(hf_dir)
+    return checkpoint.save(out, ckpt.model, ckpt.tokenizer, ckpt.meta)
 
 
 def _token_text(value) -> str | None:

@@ -1,4 +1,5 @@
-"""Character-level and byte-level BPE tokenizers, both backed by Hugging Face `tokenizers`.
+"""Character-level and byte-level BPE tokenizers, both backed by Hugging Face `tokenizers`, and the
+SentencePiece-style BPE of pretrained Llama bases (TeenyTinyLlama, Tucano), carried as their tokenizer.json says.
 
 Both save to one `tokenizer.json` (the standard `tokenizers` format, so it also loads in
 `transformers`) and share the same special tokens. Special-token strings that appear in user text
@@ -6,6 +7,13 @@ are encoded as plain text: only the code that builds training examples can emit 
 
 Out-of-vocabulary characters (char tokenizer only; byte-level BPE has none) map to `<|unk|>`,
 never silently disappear; `count_unknown` reports how many a text has.
+
+A SentencePiece-style tokenizer (kind "spm": BPE with byte fallback, a "▁" word-start marker put in front of
+a text by a Metaspace pre-tokenizer or a Prepend normalizer) encodes a text exactly as the model's own
+tokenizer does. Two things differ from our byte-level BPE: a sequence starts with the model's BOS (`<s>`)
+where its config adds one (`encode(text, start=True)`), and a piece that continues a sequence (a response
+after its prompt) gets no "▁" in front (`encode_next`), so that the template's pieces read as the one text
+the model would see, not as a space before every piece.
 """
 from __future__ import annotations
 
@@ -32,13 +40,16 @@ class Tokenizer:
 
     def __init__(self, backend: HFTokenizer, kind: str, specials: dict[str, str | None] | None = None) -> None:
         self.backend, self.kind = backend, kind
-        self.specials = {"eot": EOT, "pad": PAD, "unk": UNK, **(specials or {})}
+        self.specials = {"eot": EOT, "pad": PAD, "unk": UNK, "bos": None, **(specials or {})}
         backend.encode_special_tokens = True  # "<|endoftext|>" typed by a user stays text
         ids = {role: backend.token_to_id(tok) if tok else None for role, tok in self.specials.items()}
         if ids["eot"] is None:
             raise GptminiError(f"tokenizer lacks its end-of-text token {self.specials['eot']!r}")
-        self.eot_id, self.unk_id = ids["eot"], ids["unk"]
+        if self.specials["bos"] and ids["bos"] is None:
+            raise GptminiError(f"tokenizer lacks its begin-of-sequence token {self.specials['bos']!r}")
+        self.eot_id, self.unk_id, self.bos_id = ids["eot"], ids["unk"], ids["bos"]
         self.pad_id = ids["pad"] if ids["pad"] is not None else self.eot_id
+        self.next_backend = _without_prefix(backend) if kind == "spm" else backend
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -76,8 +87,14 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, start: bool = False) -> list[int]:
+        """The text's ids; start=True: it opens a sequence, so the model's BOS comes first if it has one."""
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if start and self.bos_id is not None else ids
+
+    def encode_next(self, text: str) -> list[int]:
+        """The ids of a text that continues a sequence: as encode, less a SentencePiece word-start marker."""
+        return self.next_backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
@@ -115,12 +132,56 @@ class Tokenizer:
             raise GptminiError(f"{path}: cannot read tokenizer ({exc})") from None
         try:
             backend = HFTokenizer.from_str(text)
-            kind = {"WordLevel": "char", "BPE": "bpe"}[json.loads(text)["model"]["type"]]
+            kind = _kind(json.loads(text))
         except KeyError:
-            raise GptminiError(f"{path}: only character-level (WordLevel) and BPE tokenizers are supported") from None
+            raise GptminiError(f"{path}: only character-level (WordLevel) and BPE tokenizers (byte-level or "
+                               "SentencePiece-style) are supported") from None
         except Exception as exc:  # `tokenizers` raises a bare Exception on malformed files
             raise GptminiError(f"{path}: not a valid tokenizer.json ({exc})") from None
         return cls(backend, kind, specials)
+
+
+def _kind(spec: dict) -> str:
+    """"char", "bpe" (byte-level, ours) or "spm" (BPE with byte fallback and a "▁" marker: Llama's)."""
+    model = spec["model"]
+    if model["type"] == "WordLevel":
+        return "char"
+    if model["type"] != "BPE":
+        raise KeyError(model["type"])
+    return "spm" if model.get("byte_fallback") or _walk(spec, ("Metaspace", "Prepend")) else "bpe"
+
+
+def _walk(node: object, types: tuple[str, ...]) -> list[dict]:
+    """Every component (normalizer, pre-tokenizer, ...) in a tokenizer.json whose type is one of `types`."""
+    if isinstance(node, list):
+        return [found for item in node for found in _walk(item, types)]
+    if not isinstance(node, dict):
+        return []
+    here = [node] if node.get("type") in types else []
+    return here + [found for key, value in node.items() if key != "model" for found in _walk(value, types)]
+
+
+def adds_prefix(spec: dict) -> bool:
+    """Whether a tokenizer.json puts SentencePiece's "▁" in front of a text (llama.cpp's add_space_prefix)."""
+    return bool(_walk(spec, ("Prepend",))) or any(
+        m.get("prepend_scheme", "always" if m.get("add_prefix_space", True) else "never") != "never"
+        for m in _walk(spec, ("Metaspace",)))
+
+
+def _without_prefix(backend: HFTokenizer) -> HFTokenizer:
+    """The same tokenizer minus the "▁" it puts in front of a text: Metaspace never prepends, Prepend goes."""
+    spec = json.loads(backend.to_str())
+    for metaspace in _walk(spec, ("Metaspace",)):
+        metaspace["prepend_scheme"], metaspace["add_prefix_space"] = "never", False
+    for sequence in _walk(spec, ("Sequence",)):
+        for key in ("normalizers", "pretokenizers"):
+            if key in sequence:
+                sequence[key] = [n for n in sequence[key] if n.get("type") != "Prepend"]
+    if (spec.get("normalizer") or {}).get("type") == "Prepend":
+        spec["normalizer"] = None
+    other = HFTokenizer.from_str(json.dumps(spec))
+    other.encode_special_tokens = True
+    return other
 
 
 class StreamDecoder:

@@ -5,9 +5,9 @@ by default; DPO's pair loss in dpo.py).
 AdamW (fused), linear warmup then cosine/linear decay, gradient clipping, gradient
 accumulation with the loss averaged over every counted token of the whole accumulated batch,
 periodic validation, `last`/`best` checkpoints with a full training state for exact resume,
-metrics.jsonl and a loss-curve PNG. Ctrl-C finishes the current step, saves, and exits cleanly.
-The device and the mixed precision are device.py's (auto: a GPU if there is one, bf16 where it is
-native); a step's losses add up on the device and are read once, at its end.
+metrics.jsonl (and TensorBoard/W&B, tracking.py) and a loss-curve PNG. Ctrl-C finishes the current
+step, saves, and exits cleanly. The device and the mixed precision are device.py's (auto: a GPU if
+there is one, bf16 where it is native); a step's losses add up on the device and are read once, at its end.
 
 Before the first step the run says its plan (parameters, tokens, steps, epochs), then the time it
 will take once the first steps are measured. With a time budget (max_time) the decay is fitted to
@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -37,6 +37,7 @@ from .distributed import World, world
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTMini
 from .tokenizer import Tokenizer
+from .tracking import MetricsLog
 
 STATE_DIR = "train_state"
 ESTIMATE_AFTER = 20  # steps timed (after the first) before the plan states the time the run will take: the
@@ -66,6 +67,7 @@ class TrainConfig:
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (device.resolve_precision); the weights stay fp32
     compile: bool = False  # torch.compile the model (CUDA users)
     show_progress: bool = True
+    log_to: tuple[str, ...] = ()  # trackers beside metrics.jsonl: tensorboard, wandb (tracking.py)
 
 
 class Batches(Protocol):
@@ -218,7 +220,7 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
         raise GptminiError(f"{out}: holds a previous run; pass --resume to continue it or --overwrite to replace it")
     elif has_run:
         import shutil
-        for name in ("last", "best", "metrics.jsonl", "loss.png"):
+        for name in ("last", "best", "metrics.jsonl", "loss.png", "tensorboard"):
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +281,7 @@ class Trainer:
         self.step, self.tokens, self.trained_tokens, self.best_val, self.elapsed = 0, 0, 0, math.inf, 0.0
         self.stop_requested = False
         self.pace = Pace()
-        self.metrics_file = self.out / "metrics.jsonl"
+        self.metrics = MetricsLog(self.out, cfg.log_to, asdict(cfg), self.world.main)
 
     # -- one optimisation step ------------------------------------------------------------
     def train_step(self, lr: float) -> StepResult:
@@ -386,7 +388,7 @@ class Trainer:
                            desc="training", unit="step")
         window = {"loss": 0.0, "counted": 0, "trained": 0, "tokens": 0, "time": 0.0}
         stopped = None
-        with graceful_interrupt(self), bar:
+        with graceful_interrupt(self), bar, closing(self.metrics):
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
                 lr = lr_at(self.step, cfg, self.planned_steps())
@@ -465,8 +467,7 @@ class Trainer:
         if val is not None:
             record["val_loss"] = round(val, 5)
             record.update({f"val_{name}": round(value, 5) for name, value in (val_metrics or {}).items()})
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.metrics.write(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
                         **({"val": f"{val:.3f}"} if val is not None else {}))
         if not progress.shown(bar):  # no bar to show the numbers: a plain line, as a log file wants
@@ -479,7 +480,7 @@ class Trainer:
             return
         from .plots import plot_loss_curve
 
-        plot_loss_curve(self.metrics_file, self.out / "loss.png")
+        plot_loss_curve(self.metrics.path, self.out / "loss.png")
 
     # -- checkpoints and resume -----------------------------------------------------------
     def save(self, name: str) -> None:
@@ -535,10 +536,4 @@ class Trainer:
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
         self.elapsed = state["elapsed"]
         self.pace = Pace(state.get("seconds_per_step"))
-        self._truncate_metrics()
-
-    def _truncate_metrics(self) -> None:
-        """Drops metrics logged after the checkpoint we resume from (they will be logged again)."""
-        if self.metrics_file.is_file():
-            lines = [ln for ln in self.metrics_file.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            self.metrics_file.write_text("".join(ln + "\n" for ln in lines))
+        self.metrics.truncate(self.step)

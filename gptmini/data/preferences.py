@@ -89,8 +89,7 @@ def read_pairs(path: str | Path, fields: dict | str | None = None, encoding: str
     names = fields if isinstance(fields, dict) else parse_fields(fields, PAIR_FIELDS)
     converter = Converter(None, False, True)
     pairs, skipped, same, shapes = [], [], [], Counter()
-    for line, record in raw_records(path, encoding):
-        where = f"{path}:{line}"
+    for where, record in raw_records(path, encoding):
         try:
             shape, pair = _pair(converter, record, names, where)
         except EmptyField as exc:

@@ -1,4 +1,4 @@
-"""Instruction records from JSON, JSONL, CSV or TSV, as conversations ready for a template.
+"""Instruction records from JSON, JSONL, CSV, TSV, parquet or a Hub dataset, as conversations ready for a template.
 
 Shapes are recognised per record, without flags (a CSV's rows share its header, so there the shape is
 in effect per file); the first that fits wins, in this order:
@@ -202,13 +202,25 @@ def _csv(path: Path, text: str) -> list[tuple[int, object]]:
     return records
 
 
-def raw_records(path: Path, encoding: str | None) -> list[tuple[int, object]]:
-    """(line, parsed record) pairs; the line is the record's first line (its 1-based index in a JSON list)."""
+def _text_records(path: Path, encoding: str | None) -> list[tuple[str, object]]:
     readers = {".csv": _csv, ".tsv": _csv, ".json": _json_list, ".jsonl": _jsonl}
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise GptminiError(f"{path}: unsupported format {path.suffix!r}; use .json, .jsonl, .csv or .tsv")
-    return reader(path, read_text(path, encoding))
+        raise GptminiError(f"{path}: unsupported format {path.suffix!r}; use .json, .jsonl, .csv, .tsv, .parquet "
+                           "(or a folder of .parquet shards) or hf:OWNER/NAME[:SPLIT]")
+    return [(f"{path}:{line}", record) for line, record in reader(path, read_text(path, encoding))]
+
+
+def raw_records(path: Path, encoding: str | None) -> list[tuple[str, object]]:
+    """("file:line", parsed record) pairs; the line is the record's first line (its 1-based index in a JSON
+    list); parquet and Hub datasets say "file:row N"."""
+    if str(path).startswith("hf:"):
+        from .tables import hub_records  # pyarrow/datasets only load for the formats that need them
+        return hub_records(str(path))
+    if path.suffix.lower() == ".parquet" or path.is_dir():
+        from .tables import parquet_records
+        return parquet_records(path)
+    return _text_records(path, encoding)
 
 
 # -- raw records to conversations -------------------------------------------------------------------
@@ -358,9 +370,9 @@ def read_examples(path: str | Path, fields: dict | str | None = None, require_an
     mapping = fields if isinstance(fields, dict) or fields is None else parse_fields(fields)
     converter = Converter(mapping, fields_fallback, require_answer)
     examples, skipped = [], []
-    for line, record in raw_records(path, encoding):
+    for where, record in raw_records(path, encoding):
         try:
-            examples.append(converter.example(record, f"{path}:{line}"))
+            examples.append(converter.example(record, where))
         except EmptyField as exc:
             skipped.append(str(exc))
     if not examples:

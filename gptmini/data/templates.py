@@ -51,7 +51,9 @@ class Template:
         ids: list[int] = []
         labels: list[int] = []
 
-        def add(piece_ids: list[int], trained: bool) -> None:
+        def add(text: str, trained: bool, end: list[int] = ()) -> None:
+            # The first piece opens the sequence (BOS where the model has one); the others continue it.
+            piece_ids = (tokenizer.encode_next(text) if ids else tokenizer.encode(text, start=True)) + list(end)
             ids.extend(piece_ids)
             labels.extend(piece_ids if trained else [IGNORE_INDEX] * len(piece_ids))
 
@@ -59,11 +61,11 @@ class Template:
             role, content = message["role"], message["content"]
             if role == "system":
                 if self.system:
-                    add(tokenizer.encode(self.system.replace("{system}", content)), False)
+                    add(self.system.replace("{system}", content), False)
             elif role == "user":
-                add(tokenizer.encode(self.prompt_text(content, message.get("input", ""))), False)
+                add(self.prompt_text(content, message.get("input", "")), False)
             elif role == "assistant":
-                add(tokenizer.encode(content) + [tokenizer.eot_id], True)
+                add(content, True, [tokenizer.eot_id])
             else:
                 raise GptminiError(f"unknown message role {role!r}: use system, user or assistant")
         return ids, labels
