@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -153,20 +154,36 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise GptminiError(f"{args.file}: holds conversations (system message, several turns or an input), which "
                            "need a template; drop --raw, or give --template for a model without one")
 
-    if args.json or args.file or piped:  # batches, one JSON object (or answer) per line
+    numbered = bool(args.file) or piped or len(prompts) > 1  # several answers: each under its number
+    if args.json or args.file or piped:  # batches; one JSON object a line, or the answers a blank line apart
         for i in range(0, len(prompts), args.batch_size):
             chunk = prompts[i:i + args.batch_size]
-            for prompt, c in zip(chunk, engine.generate([engine.encode_prompt(p, raw=raw) for p in chunk], params)):
+            read = [engine.read(p, raw=raw) for p in chunk]
+            completions = engine.generate([ids for ids, _ in read], params)
+            for n, prompt, (_, folding), c in zip(itertools.count(i + 1), chunk, read, completions):
+                announce(n if numbered else None, folding, show_number=not args.json)
                 print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
-                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)},
-                                 ensure_ascii=False) if args.json else c.text)
+                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids),
+                                  **({"input_folding": folding.to_dict()} if folding else {})},
+                                 ensure_ascii=False) if args.json else c.text, flush=True)
         return
-    for prompt in prompts:
+    for n, prompt in enumerate(prompts, 1):
+        ids, folding = engine.read(prompt, raw=raw)
+        announce(n if numbered else None, folding)
         if raw and template is None:
             print(prompt, end="", flush=True)
-        engine.generate([engine.encode_prompt(prompt, raw=raw)], params,
-                        on_text=lambda _, delta: print(delta, end="", flush=True))
+        engine.generate([ids], params, on_text=lambda _, delta: print(delta, end="", flush=True))
         print()
+
+
+def announce(number: int | None, folding, show_number: bool = True) -> None:
+    """Before an answer: what the vocabulary folded in its prompt (stderr), then its number when it is one of
+    several (a blank line after the previous answer, then [n])."""
+    from .chat import heading, note_folding
+
+    note_folding(folding, number)
+    if show_number and number is not None:
+        print(heading(number))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
