@@ -102,6 +102,17 @@ def add_lora_args(p: argparse.ArgumentParser, rank_note: str) -> None:
     p.add_argument("--lora-embeddings", action="store_true", help="with LoRA, also train the token embeddings")
 
 
+def add_page_args(p: argparse.ArgumentParser) -> None:
+    """serve's flags that make the page and the API the user's own."""
+    page = p.add_argument_group("the page and the API as yours")
+    page.add_argument("--title", help="the page's title (default: gptmini · the model's name)")
+    page.add_argument("--placeholder", help="the page's text in the empty message box (default: an example, the "
+                                            "first question of the checkpoint's training data if it recorded one, "
+                                            "else 'Escreva sua mensagem…')")
+    page.add_argument("--system", help="system prompt put first in each chat request that brings none of its own "
+                                       "(default: none)")
+
+
 def sampling_params(args: argparse.Namespace):
     from .engine import SamplingParams
 
@@ -395,7 +406,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                            "pip install 'gptmini[serve]'") from None
 
     run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
-               max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize)
+               max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize,
+               title=args.title, placeholder=args.placeholder, system=args.system)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,12 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="*", help="prompts (instructions, formatted with the checkpoint's template); "
                                              "without any and without --file, a prompt a line from stdin")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--template", help="override the checkpoint's template, a name or a file (default: the "
-                                      "checkpoint's)")
+    p.add_argument("--template", help="override the checkpoint's template, a name or a file (default: the checkpoint's)")
     p.add_argument("--raw", action="store_true", help="no template: continue the text as given")
-    p.add_argument("--file", help="prompts, answered in batches: a .txt with one per line, or records in any "
-                                  "format sft reads ({\"prompt\": ...}, {\"instruction\": ...}, messages, ...) "
-                                  "(default: none)")
+    p.add_argument("--file", help="prompts answered in batches, each answer under its number: a .txt, a prompt a line, "
+                                  "or records in any format sft reads (prompt, instruction, messages...) (default: none)")
     p.add_argument("--encoding", help="text encoding of --file (default UTF-8)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (--file, stdin)")
@@ -550,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
     add_quantize_arg(p)
+    add_page_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = verb("export", "write a checkpoint as a Hugging Face transformers (Llama) model, or as GGUF for "

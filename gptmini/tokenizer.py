@@ -25,8 +25,7 @@ from .errors import GptminiError
 EOT, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = [EOT, PAD, UNK]
 # Stand-ins that Unicode's compatibility decomposition does not give (it leaves curly quotes and dashes alone).
-PLAIN = {"‘": "'", "’": "'", "‚": "'", "‛": "'", "′": "'", "“": '"', "”": '"', "„": '"', "‟": '"', "″": '"',
-         "«": '"', "»": '"', "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-", "―": "-", "−": "-", "\t": " "}
+PLAIN = {**dict.fromkeys("‘’‚‛′", "'"), **dict.fromkeys("“”„‟″«»", '"'), **dict.fromkeys("‐‑‒–—―−", "-"), "\t": " "}
 
 
 def plain_forms(char: str) -> list[str]:
