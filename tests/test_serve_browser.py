@@ -34,7 +34,8 @@ def test_page_streams_the_answer_and_keeps_the_conversation(tmp_path, char_token
             page = browser.new_page()
             text = lambda selector: page.eval_on_selector(selector, "e => e.textContent")
             page.goto(server.url + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('c')")
+            assert text("#title") == "gptmini · c" and page.title() == "gptmini · c"  # the server's title
+            assert page.get_attribute("#input", "placeholder") == "Escreva sua mensagem…"
             page.evaluate("""() => {  // every length the first answer's text takes on screen
                 window.seen = [];
                 new MutationObserver(() => {
