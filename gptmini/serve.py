@@ -222,7 +222,7 @@ async def disconnected(request: Request) -> None:
 
 def placeholder_for(ckpt: checkpoint.Checkpoint) -> str:
     """The page's default placeholder: an example, the first question of the data the checkpoint was trained on
-    (sft records it), cut to a line; else a neutral invitation."""
+    (sft and dpo record it), cut to a line; else a neutral invitation."""
     question = " ".join(str(ckpt.meta.get("data", {}).get("first_question", "")).split())
     if not question:
         return ASK
@@ -236,7 +236,7 @@ def render_page(title: str, placeholder: str) -> str:
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:
     """The server's system prompt first, unless the request brings its own."""
-    if system is None or any(m["role"] == "system" for m in messages):
+    if not system or any(m["role"] == "system" for m in messages):
         return messages
     return [{"role": "system", "content": system}, *messages]
 

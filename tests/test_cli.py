@@ -63,6 +63,8 @@ def test_a_run_without_validation_says_best_will_not_exist(tmp_path, capsys):
     assert ("note: no validation (--val-fraction 0.05 of 10 records is under one example), so no best/ checkpoint "
             "will be written: last/ is the final model") in out
     assert (tmp_path / "run" / "last").is_dir() and not (tmp_path / "run" / "best").exists()
+    config = json.loads((tmp_path / "run" / "last" / "config.json").read_text(encoding="utf-8"))
+    assert config["data"]["first_question"] == "Quanto é 0+1?"  # serve's page shows it as an example
 
 
 def test_generate_file_reads_text_lines_and_conversations(tmp_path, tiny_model, char_tokenizer, capsys):

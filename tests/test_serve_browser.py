@@ -48,6 +48,7 @@ def test_page_streams_the_answer_and_keeps_the_conversation(tmp_path, char_token
             page.wait_for_selector("#answer-1[data-done='1']", timeout=20_000)
             assert text("#answer-1 .text") == first
             assert text(".msg.user .text") == "Olá"
+            assert text(".msg.user .info") == "(lido como á→a)"  # this vocabulary has no "á": said under it
             assert text("#answer-1 .info") == "(20 tokens, cortada no limite)"
             partial = {n for n in page.evaluate("window.seen") if 0 < n < len(first)}
             assert len(partial) >= 3, "the answer should appear piece by piece"
