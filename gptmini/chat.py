@@ -3,7 +3,7 @@
 History is formatted with the checkpoint's template and trimmed from the oldest turn (never half
 a turn) so the prompt leaves room for the answer. Commands: /reset, /temp X, /quit. Input may be
 piped, one user turn per line, so sessions can be scripted; the prompt marker and the banner only
-appear when stdin is a terminal.
+appear when stdin is a terminal, and piped answers come numbered, a blank line apart (`heading`).
 """
 from __future__ import annotations
 
@@ -13,9 +13,26 @@ from dataclasses import replace
 from typing import TextIO
 
 from .engine import Engine, SamplingParams
+from .tokenizer import Folding
 
 HELP = "commands: /reset (forget the conversation), /temp X (sampling temperature; 0 = greedy), /quit"
 MARKER = "você> "
+
+
+def heading(n: int) -> str:
+    """The line before the n-th answer of a piped chat or a `generate --file`, so that answers of several
+    lines stay apart: a blank line after the previous answer, then [n]."""
+    return ("\n" if n > 1 else "") + f"[{n}]"
+
+
+def note(text: str, number: int | None = None) -> None:
+    """A note about prompt `number` (None: the only one) on stderr, apart from the answers."""
+    print(f"note: {'' if number is None else f'prompt {number}: '}{text}", file=sys.stderr)
+
+
+def note_folding(folding: Folding, number: int | None = None) -> None:
+    if folding:
+        note(folding.note(), number)
 
 
 class Conversation:
@@ -51,13 +68,16 @@ class Conversation:
             turns.pop(0)
 
     def reply(self, user_text: str, params: SamplingParams,
-              on_text: Callable[[int, str], None] | None = None) -> str:
-        """Answers `user_text` (streaming through `on_text`) and adds the turn to the history."""
+              on_text: Callable[[int, str], None] | None = None, number: int | None = None) -> str:
+        """Answers `user_text` (streaming through `on_text`) and adds the turn to the history. What the
+        vocabulary could not read as typed is said once, for the new text (and the system message at the
+        first turn): the history was said when it was new. `number` labels the notes."""
+        new = self.messages(user_text, []) if not self.turns else [{"role": "user", "content": user_text}]
+        note_folding(self.engine.read(new)[1], number)
         ids = self.prompt_ids(user_text, params.max_new_tokens)
         [completion] = self.engine.generate([ids], params, on_text=on_text)
         if completion.prompt_truncated:
-            print(f"(note: the message was too long; its first {completion.prompt_truncated} tokens were dropped)",
-                  file=sys.stderr)
+            note(f"the message was too long; its first {completion.prompt_truncated} tokens were dropped", number)
         self.turns.append((user_text, completion.text))
         return completion.text
 
@@ -93,6 +113,7 @@ def run_chat(conversation: Conversation, params: SamplingParams, stdin: TextIO =
         stdout.write(delta)
         stdout.flush()
 
+    answered = 0
     while (line := read_line(stdin, stdout, interactive)) is not None:
         text = line.strip()
         command, _, argument = text.partition(" ")
@@ -113,8 +134,11 @@ def run_chat(conversation: Conversation, params: SamplingParams, stdin: TextIO =
         elif command.startswith("/"):
             print(f"(unknown command; {HELP})", file=stdout)
         elif text:
+            answered += 1
+            if not interactive:
+                print(heading(answered), file=stdout)
             try:
-                conversation.reply(line, params, on_text=show)
+                conversation.reply(line, params, on_text=show, number=None if interactive else answered)
             except KeyboardInterrupt:  # the half answer is dropped: it is not kept in the history
                 stdout.write(" (interrupted)")
             stdout.write("\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -163,6 +164,17 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                                  "padding, into this PNG file (default: none)")
 
 
+def add_page_args(p: argparse.ArgumentParser) -> None:
+    """serve's flags that make the page and the API the user's own."""
+    page = p.add_argument_group("the page and the API as yours")
+    page.add_argument("--title", help="the page's title (default: gptmini · the model's name)")
+    page.add_argument("--placeholder", help="the page's text in the empty message box (default: an example, the "
+                                            "first question of the checkpoint's training data if it recorded one, "
+                                            "else 'Escreva sua mensagem…')")
+    page.add_argument("--system", help="system prompt put first in each chat request that brings none of its own "
+                                       "(default: none)")
+
+
 def sampling_params(args: argparse.Namespace):
     from .engine import SamplingParams
 
@@ -216,20 +228,36 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise GptminiError(f"{args.file}: holds conversations (system message, several turns or an input), which "
                            "need a template; drop --raw, or give --template for a model without one")
 
-    if args.json or args.file or piped:  # batches, one JSON object (or answer) per line
+    numbered = bool(args.file) or piped or len(prompts) > 1  # several answers: each under its number
+    if args.json or args.file or piped:  # batches; one JSON object a line, or the answers a blank line apart
         for i in range(0, len(prompts), args.batch_size):
             chunk = prompts[i:i + args.batch_size]
-            for prompt, c in zip(chunk, engine.generate([engine.encode_prompt(p, raw=raw) for p in chunk], params)):
+            read = [engine.read(p, raw=raw) for p in chunk]
+            completions = engine.generate([ids for ids, _ in read], params)
+            for n, prompt, (_, folding), c in zip(itertools.count(i + 1), chunk, read, completions):
+                announce(n if numbered else None, folding, show_number=not args.json)
                 print(json.dumps({"prompt": prompt, "text": c.text, "finish_reason": c.finish_reason,
-                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)},
-                                 ensure_ascii=False) if args.json else c.text)
+                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids),
+                                  **({"input_folding": folding.to_dict()} if folding else {})},
+                                 ensure_ascii=False) if args.json else c.text, flush=True)
         return
-    for prompt in prompts:
+    for n, prompt in enumerate(prompts, 1):
+        ids, folding = engine.read(prompt, raw=raw)
+        announce(n if numbered else None, folding)
         if raw and template is None:
             print(prompt, end="", flush=True)
-        engine.generate([engine.encode_prompt(prompt, raw=raw)], params,
-                        on_text=lambda _, delta: print(delta, end="", flush=True))
+        engine.generate([ids], params, on_text=lambda _, delta: print(delta, end="", flush=True))
         print()
+
+
+def announce(number: int | None, folding, show_number: bool = True) -> None:
+    """Before an answer: what the vocabulary folded in its prompt (stderr), then its number when it is one of
+    several (a blank line after the previous answer, then [n])."""
+    from .chat import heading, note_folding
+
+    note_folding(folding, number)
+    if show_number and number is not None:
+        print(heading(number))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -479,7 +507,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     run_server(args.model, args.host, args.port, api_key=args.api_key, max_tokens=args.max_tokens,
                max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, quantize=args.quantize,
-               compile=args.compile)
+               compile=args.compile, title=args.title, placeholder=args.placeholder, system=args.system)
 
 
 class PromptHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -552,12 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="*", help="prompts (instructions, formatted with the checkpoint's template); "
                                              "without any and without --file, a prompt a line from stdin")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--template", help="override the checkpoint's template, a name or a file (default: the "
-                                      "checkpoint's)")
+    p.add_argument("--template", help="override the checkpoint's template, a name or a file (default: the checkpoint's)")
     p.add_argument("--raw", action="store_true", help="no template: continue the text as given")
-    p.add_argument("--file", help="prompts, answered in batches: a .txt with one per line, or records in any "
-                                  "format sft reads ({\"prompt\": ...}, {\"instruction\": ...}, messages, ...) "
-                                  "(default: none)")
+    p.add_argument("--file", help="prompts answered in batches, each answer under its number: a .txt, a prompt a line, "
+                                  "or records in any format sft reads (prompt, instruction, messages...) (default: none)")
     p.add_argument("--encoding", help="text encoding of --file (default UTF-8)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer (text, finish_reason, token counts)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="prompts answered together (--file, stdin)")
@@ -680,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "2x a step of 1 (the weights stream once for all), beyond ~16 each user's latency grows")
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
     add_device_args(p)
+    add_page_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = verb("export", "write a checkpoint as a Hugging Face transformers (Llama) model, or as GGUF for "

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from . import checkpoint, lora
 from .data.batches import PairBatch, PairBatches, fit_to_context
 from .data.preferences import Pair, read_pairs
+from .data.records import first_question
 from .data.templates import Template, get_template
 from .device import to_device
 from .errors import GptminiError
@@ -254,6 +255,7 @@ def dpo(out: str | Path, data: str | Path, base: str | None = None, fields: str 
     meta["data"] = {"file": str(data), "val_fraction": val_fraction, "train_pairs": len(train_batches.sequences),
                     "val_pairs": len(val_batches.sequences) if val_batches else 0, "fit": fit,
                     "skipped_records": len(records.skipped), "same_answers": len(records.same)}
+    meta["data"]["first_question"] = first_question(p.prompt for p in records.pairs)  # serve's example
     objective = DPOLoss(tok.pad_id, settings["beta"], settings["loss"], settings["label_smoothing"])
     trainer = Trainer(net, tok, train_batches, val_batches, cfg, out, meta, objective)
     if resume:

@@ -25,7 +25,7 @@ from .data.templates import Template
 from .errors import GptminiError
 from .model import GPTMini, KVCache, StaticCache
 from .quantize import quantize as quantized
-from .tokenizer import Tokenizer
+from .tokenizer import Folding, Tokenizer
 
 
 @dataclass
@@ -151,16 +151,31 @@ class Engine:
         string is one user message, a list the conversation's {"role", "content"} messages.
 
         raw=True: a string's own tokens, no template: a text to continue (a base model, /v1/completions).
+        A char vocabulary's missing characters are folded to it first: see `read`.
         """
+        return self.read(prompt, raw)[0]
+
+    def read(self, prompt: str | list[dict], raw: bool = False) -> tuple[list[int], Folding]:
+        """encode_prompt's ids, and what Tokenizer.fold changed in the texts to fit a char vocabulary (for
+        chat, generate and serve to say): every prompt the engine answers is read this one way."""
         if raw:
             if not isinstance(prompt, str):
                 raise GptminiError("raw=True takes a string to continue; a list of messages needs the template")
-            return self.tokenizer.encode(prompt, start=True)
+            text, folding = self.tokenizer.fold(prompt)
+            return self.tokenizer.encode(text, start=True), folding
         if self.template is None:
             raise GptminiError("this model has no template: pass raw=True to continue the text as given, or give "
                                "the Engine a template, e.g. Engine(model, tokenizer, get_template('comando'))")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return self.template.encode(self.tokenizer, messages)[0]
+        folding, readable = Folding(), []
+        for message in messages:
+            message = dict(message)
+            for key in ("content", "input"):
+                if key in message:
+                    message[key], folded = self.tokenizer.fold(message[key])
+                    folding += folded
+            readable.append(message)
+        return self.template.encode(self.tokenizer, readable)[0], folding
 
     def prompt_budget(self, max_new_tokens: int) -> int:
         ctx = self.model.config.context_size

@@ -5,11 +5,15 @@ Generation runs on one thread, off the event loop, in a continuous-batching sche
 requests join and leave between steps. Requests beyond them wait in a bounded queue; when it is
 full the server answers 429 instead of growing without bound. A client that goes away leaves the
 batch before the next step, and a request's place is given back when it ends, whatever ends it.
+
+The page carries the server's title and input placeholder (made once, escaped, into its HTML); a
+system prompt given to the server goes first in every chat request that brings none of its own.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import secrets
 import socket
@@ -24,7 +28,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,10 +38,12 @@ from .device import describe, resolve_device
 from .engine import Completion, Engine, SamplingParams
 from .errors import GptminiError
 from .scheduler import MAX_BATCH, Scheduler
+from .tokenizer import Folding
 
 STATIC = Path(__file__).resolve().parent / "static"
 PUBLIC_PATHS = ("/", "/health")  # everything else needs the key when there is one
 INT64 = 2**63
+ASK = "Escreva sua mensagem…"  # the page's placeholder when the checkpoint recorded no question to show
 
 
 class Message(BaseModel):
@@ -217,9 +223,33 @@ async def disconnected(request: Request) -> None:
         pass
 
 
+def placeholder_for(ckpt: checkpoint.Checkpoint) -> str:
+    """The page's default placeholder: an example, the first question of the data the checkpoint was trained on
+    (sft and dpo record it), cut to a line; else a neutral invitation."""
+    question = " ".join(str(ckpt.meta.get("data", {}).get("first_question", "")).split())
+    if not question:
+        return ASK
+    return f"{ASK} (ex.: {question if len(question) <= 80 else question[:79] + '…'})"
+
+
+def render_page(title: str, placeholder: str) -> str:
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    return page.replace("__TITLE__", html.escape(title)).replace("__PLACEHOLDER__", html.escape(placeholder))
+
+
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """The server's system prompt first, unless the request brings its own."""
+    if not system or any(m["role"] == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = None, max_tokens: int = 256,
                max_batch: int = MAX_BATCH, queue_size: int = 16, device: str = "cpu",
-               quantize: str | None = None, compile: bool = False) -> FastAPI:
+               quantize: str | None = None, compile: bool = False, title: str | None = None,
+               placeholder: str | None = None, system: str | None = None) -> FastAPI:
+    """title: the page's (default "gptmini · MODEL"); placeholder: its input's (default: placeholder_for);
+    system: the system prompt of chat requests that bring none."""
     if max_batch < 1 or queue_size < 0 or max_tokens < 1:
         raise GptminiError(f"need --max-batch >= 1, --queue-size >= 0 and --max-tokens >= 1 "
                            f"(got {max_batch}, {queue_size}, {max_tokens})")
@@ -229,6 +259,7 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
         name = f"{Path(ckpt.path).parent.name}/{name}"
     server = Server(ckpt, name, max_tokens, max_batch, queue_size, quantize, compile)
     started = int(time.time())
+    page_html = render_page(title or f"gptmini · {name}", placeholder or placeholder_for(ckpt))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -259,7 +290,7 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(STATIC / "index.html")
+        return HTMLResponse(page_html)
 
     @app.get("/health")
     async def health():
@@ -276,19 +307,21 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
     async def chat(body: ChatRequest, request: Request):
         if body.messages[-1].role != "user":
             raise ApiError(400, "the last message must be the user's: the assistant answers it", param="messages")
-        ids = server.engine.encode_prompt([m.model_dump() for m in body.messages])
-        return await respond(body, ids, request, chat=True)
+        ids, folding = server.engine.read(with_system([m.model_dump() for m in body.messages], system))
+        return await respond(body, ids, folding, request, chat=True)
 
     @app.post("/v1/completions")
     async def complete(body: CompletionRequest, request: Request):
-        return await respond(body, server.engine.encode_prompt(body.prompt, raw=True), request, chat=False)
+        return await respond(body, *server.engine.read(body.prompt, raw=True), request, chat=False)
 
-    async def respond(body: Sampling, ids: list[int], request: Request, chat: bool):
+    async def respond(body: Sampling, ids: list[int], folding: Folding, request: Request, chat: bool):
+        # What a char vocabulary could not read as written, beside usage (an extra field: clients keep it).
+        read = {"input_folding": folding.to_dict()} if folding else {}
         params = server.params(body, len(ids), "messages" if chat else "prompt")
         job = server.start(ids, params, body.stream)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return EventStream(events(ident, job, len(ids), chat), job)
+            return EventStream(events(ident, job, len(ids), chat, read), job)
         gone = asyncio.ensure_future(disconnected(request))
         try:
             await asyncio.wait([job.future, gone], return_when=asyncio.FIRST_COMPLETED)
@@ -301,9 +334,9 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
         choice = {"message": {"role": "assistant", "content": done.text}} if chat else {"text": done.text, "logprobs": None}
         return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": server.name, "choices": [{"index": 0, **choice, "finish_reason": done.finish_reason}],
-                "usage": usage(len(ids), done)}
+                "usage": usage(len(ids), done), **read}
 
-    async def events(ident: str, job: Job, prompt_tokens: int, chat: bool) -> AsyncIterator[str]:
+    async def events(ident: str, job: Job, prompt_tokens: int, chat: bool, read: dict) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(delta: dict | str, finish: str | None = None, **extra) -> str:
@@ -322,7 +355,7 @@ def create_app(model: str | Path | checkpoint.Checkpoint, api_key: str | None = 
             error = {"message": "internal server error", "type": "server_error", "param": None, "code": None}
             yield f"data: {json.dumps({'error': error})}\n\n"
             return
-        yield chunk({} if chat else "", done.finish_reason, usage=usage(prompt_tokens, done))
+        yield chunk({} if chat else "", done.finish_reason, usage=usage(prompt_tokens, done), **read)
         yield "data: [DONE]\n\n"
 
     return app

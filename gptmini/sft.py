@@ -21,7 +21,7 @@ from .data import conversations as chats
 from .data import variants
 from .data.batches import ExampleBatches, first_trained, fit_to_context
 from .data.corpus import ASSETS
-from .data.records import Example, read_examples
+from .data.records import Example, first_question, read_examples
 from .data.templates import Template, get_template
 from .errors import GptminiError
 from .model import IGNORE_INDEX, GPTConfig, GPTMini
@@ -245,6 +245,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     meta["data"] = {"file": str(data or "embedded"), "train_examples": len(train_examples),
                     "val_examples": len(val_examples), "fit": dict(outcomes), **made.counts, "skipped_records": len(records.skipped),
                     "padding_waste": round(train_batches.padding_waste(), 4)}
+    meta["data"]["first_question"] = first_question(e.messages for e in records.examples)  # serve's example
     trainer = Trainer(net, tok, train_batches, val_batches, cfg, out, meta)
     if resume:
         trainer.resume()

@@ -6,7 +6,8 @@ Both save to one `tokenizer.json` (the standard `tokenizers` format, so it also 
 are encoded as plain text: only the code that builds training examples can emit end-of-text.
 
 Out-of-vocabulary characters (char tokenizer only; byte-level BPE has none) map to `<|unk|>`,
-never silently disappear; `count_unknown` reports how many a text has.
+never silently disappear; `count_unknown` reports how many a text has. `fold` turns the ones with a
+plain form in the vocabulary into it (á→a, “→") before they get that far, and says what it did.
 
 A SentencePiece-style tokenizer (kind "spm": BPE with byte fallback, a "▁" word-start marker put in front of
 a text by a Metaspace pre-tokenizer or a Prepend normalizer) encodes a text exactly as the model's own
@@ -18,7 +19,10 @@ the model would see, not as a space before every piece.
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -28,6 +32,59 @@ from .errors import GptminiError
 
 EOT, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = [EOT, PAD, UNK]
+# Stand-ins that Unicode's compatibility decomposition does not give (it leaves curly quotes and dashes alone).
+PLAIN = {**dict.fromkeys("‘’‚‛′", "'"), **dict.fromkeys("“”„‟″«»", '"'), **dict.fromkeys("‐‑‒–—―−", "-"), "\t": " "}
+
+
+def plain_forms(char: str) -> list[str]:
+    """Stand-ins for a character, best first: its canonical decomposition (exact, if the vocabulary has the
+    accent as a combining mark), PLAIN's, then without accents or compatibility forms (á→a, ﬁ→fi, …→...), in
+    its own case, then in lower and upper case."""
+    bare = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+    return [unicodedata.normalize("NFD", char), PLAIN.get(char, ""), bare, bare.lower(), bare.upper()]
+
+
+@dataclass
+class Folding:
+    """What `Tokenizer.fold` changed: (character, stand-in) -> occurrences; unreadable character -> occurrences."""
+
+    folded: Counter = field(default_factory=Counter)
+    unreadable: Counter = field(default_factory=Counter)
+
+    def __bool__(self) -> bool:
+        return bool(self.folded or self.unreadable)
+
+    def __add__(self, other: "Folding") -> "Folding":
+        return Folding(self.folded + other.folded, self.unreadable + other.unreadable)
+
+    def note(self) -> str:
+        """"3 characters folded to the vocabulary: ã→a, ç→c; 1 unreadable: '€'" (each character named once)."""
+        parts = []
+        if self.folded:
+            pairs = ", ".join(f"{shown(c)}→{shown(plain)}" for c, plain in self.folded)
+            parts.append(f"{characters(self.folded.total())} folded to the vocabulary: {pairs}")
+        if self.unreadable:
+            n, names = self.unreadable.total(), ", ".join(repr(c) for c in self.unreadable)
+            parts.append(f"{n} unreadable: {names}" if self.folded
+                         else f"{characters(n)} unreadable by the vocabulary (read as <|unk|>): {names}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        """For an API response: the note, and each character with its stand-in (none: unreadable) and count."""
+        return {"note": self.note(),
+                "folded": [{"from": c, "to": plain, "count": n} for (c, plain), n in self.folded.items()],
+                "unreadable": [{"character": c, "count": n} for c, n in self.unreadable.items()]}
+
+
+def shown(text: str) -> str:
+    """Characters as a note names them: as they are, or quoted and escaped where they would not show (an accent
+    alone, a tab, a space, nothing)."""
+    visible = text and all(c.isprintable() and not c.isspace() and not unicodedata.combining(c) for c in text)
+    return text if visible else ascii(text)
+
+
+def characters(n: int) -> str:
+    return f"{n} character{'s' if n != 1 else ''}"
 
 
 class Tokenizer:
@@ -104,6 +161,28 @@ class Tokenizer:
 
     def count_unknown(self, text: str) -> int:
         return self.encode(text).count(self.unk_id) if self.unk_id is not None else 0
+
+    def fold(self, text: str) -> tuple[str, Folding]:
+        """`text` with each character a char vocabulary lacks replaced by its first plain form that the
+        vocabulary has (plain_forms); those with none stay, to be read as <|unk|>. BPE reads every text as
+        it is, so it comes back unchanged."""
+        folding = Folding()
+        if self.kind != "char":
+            return text, folding
+        vocab = self.vocab()
+        out = []
+        for char in text:
+            if char not in vocab:
+                plain = next((f for f in plain_forms(char) if f and f != char and all(c in vocab for c in f)), None)
+                if plain is None and unicodedata.combining(char):
+                    plain = ""  # an accent typed apart from its letter (NFD text): the letter stays
+                if plain is None:
+                    folding.unreadable[char] += 1
+                else:
+                    folding.folded[char, plain] += 1
+                    char = plain
+            out.append(char)
+        return "".join(out), folding
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)

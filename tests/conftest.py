@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from gptmini import GPTConfig, GPTMini, Tokenizer
+from gptmini import GPTConfig, GPTMini, Tokenizer, get_template, save
 from gptmini.train import Trainer
 
 PT_TEXT = "Atenção, não é ação? O modelo de linguagem prevê a próxima palavra.\nÇÃO àéíóú ü ñ"
+ASCII_TEXT = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 #:.,?!'\"-\n"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,3 +46,18 @@ def interrupt_at(monkeypatch):
         monkeypatch.setattr(Trainer, "train_step", original if step is None else stopping)
 
     return arm
+
+
+@pytest.fixture
+def ascii_ckpt(tmp_path):
+    """A checkpoint whose char vocabulary has no accents (the course's: its examples are written without
+    them), with large random weights, so that its greedy text depends on every character of the prompt."""
+    tokenizer = Tokenizer.train_char([ASCII_TEXT])
+    torch.manual_seed(3)  # its answers to the tests' prompts differ, some run over several lines
+    model = GPTMini(GPTConfig(vocab_size=tokenizer.vocab_size, context_size=96, d_model=32, n_heads=4, n_layers=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    save(tmp_path / "ascii", model.eval(), tokenizer, {"template": get_template().to_dict()})
+    return tmp_path / "ascii"

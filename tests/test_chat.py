@@ -2,7 +2,7 @@ import io
 import subprocess
 import sys
 
-from gptmini import Engine, GPTConfig, GPTMini, SamplingParams, get_template, save
+from gptmini import Engine, GPTConfig, GPTMini, SamplingParams, get_template, load, save
 from gptmini.chat import HELP, Conversation, run_chat
 
 
@@ -17,7 +17,7 @@ def test_chat_over_stdin_answers_streams_resets_and_quits(tmp_path, tiny_model, 
     out = subprocess.run([sys.executable, "-m", "gptmini.cli", "chat", "--model", str(tmp_path / "c"), "--max-new-tokens", "8"],
                          input="Olá\nação\n/reset\nOlá\n/quit\nnever read\n", capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == f"{first}\n{second}\n(conversation reset)\n{first}\n"
+    assert out.stdout == f"[1]\n{first}\n\n[2]\n{second}\n(conversation reset)\n\n[3]\n{first}\n"  # numbered
 
 
 def test_history_is_trimmed_by_whole_turns_and_reset_starts_fresh(char_tokenizer):
@@ -45,7 +45,7 @@ def test_commands_and_end_of_input_in_process(tiny_model, char_tokenizer):
     usage = "(usage: /temp 0.7 — a number >= 0; 0 = greedy)\n"
     unknown = f"(unknown command; {HELP})\n"
     # blank lines are not turns; no prompt marker when stdin is not a terminal
-    assert stdout.getvalue() == usage * 2 + "(temperature 0.0)\n" + unknown + answer + "\n"
+    assert stdout.getvalue() == usage * 2 + "(temperature 0.0)\n" + unknown + "[1]\n" + answer + "\n"
 
 
 def test_system_message_stays_when_history_is_trimmed(char_tokenizer):
@@ -56,3 +56,19 @@ def test_system_message_stays_when_history_is_trimmed(char_tokenizer):
     assert convo.prompt_ids("oi", 16) == engine.encode_prompt([system, {"role": "user", "content": "oi"}])
     convo.turns = [("abc " * 8, "x" * 10)]
     assert convo.prompt_ids("oi", 16) == engine.encode_prompt([system, {"role": "user", "content": "oi"}])
+
+
+def test_piped_chat_numbers_multiline_answers_and_says_what_the_vocabulary_folded(ascii_ckpt, capsys):
+    ckpt = load(ascii_ckpt)
+    convo = Conversation(Engine(ckpt.model, ckpt.tokenizer, ckpt.template), system="Responda já")
+    params = SamplingParams(max_new_tokens=16)
+    first, second = convo.reply("Olá", params), convo.reply("Tem estacionamento?", params)
+    assert "\n" in second  # an answer of several lines: the numbers keep the answers apart
+    capsys.readouterr()
+    out = subprocess.run([sys.executable, "-m", "gptmini.cli", "chat", "--model", str(ascii_ckpt), "--system",
+                          "Responda já", "--max-new-tokens", "16"], input="Olá\nTem estacionamento?\n", capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"[1]\n{first}\n\n[2]\n{second}\n"
+    # once, for what was new in that prompt: the system message and the first question, then nothing more
+    assert out.stderr == "note: prompt 1: 2 characters folded to the vocabulary: á→a\n"

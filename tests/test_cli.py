@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gptmini import Engine, SamplingParams, get_template, save
+from gptmini import Engine, SamplingParams, get_template, load, save
 from gptmini.cli import build_parser, main
 
 
@@ -63,6 +63,8 @@ def test_a_run_without_validation_says_best_will_not_exist(tmp_path, capsys):
     assert ("note: no validation (--val-fraction 0.05 of 10 records is under one example), so no best/ checkpoint "
             "will be written: last/ is the final model") in out
     assert (tmp_path / "run" / "last").is_dir() and not (tmp_path / "run" / "best").exists()
+    config = json.loads((tmp_path / "run" / "last" / "config.json").read_text(encoding="utf-8"))
+    assert config["data"]["first_question"] == "Quanto é 0+1?"  # serve's page shows it as an example
 
 
 def test_generate_file_reads_text_lines_and_conversations(tmp_path, tiny_model, char_tokenizer, capsys):
@@ -158,7 +160,7 @@ def test_generate_reads_prompts_from_stdin_a_prompt_a_line(tmp_path, tiny_model,
     expected = [engine.generate([engine.encode_prompt(p)], params)[0].text for p in ("Olá", "Oi")]
     monkeypatch.setattr(sys, "stdin", io.StringIO("Olá\r\n\nOi\n"))  # piped: not a terminal
     assert main(["generate", "--model", str(tmp_path / "c"), "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out == "".join(text + "\n" for text in expected)
+    assert capsys.readouterr().out == f"[1]\n{expected[0]}\n\n[2]\n{expected[1]}\n"  # each under its number
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["generate", "--model", str(tmp_path / "c")]) == 2
     assert "give prompts as arguments, with --file prompts.jsonl, or on stdin" in capsys.readouterr().err
@@ -177,3 +179,39 @@ def test_sft_from_scratch_says_so_and_no_progress_logs_a_line_every_log_every_st
     lines = [line for line in captured.err.splitlines() if line.startswith("step ")]
     assert [line.split(" | ")[0] for line in lines] == ["step 2/4", "step 4/4"]
     assert all(re.fullmatch(r"step \d/4 \| loss \d+\.\d{4} \| lr \S+ \| [\d,]+ tokens/s", line) for line in lines)
+
+
+def answers_of(ckpt_dir, prompts, max_new_tokens=16):
+    """The greedy answers, in-process, with the messages given exactly as they are (no folding asked for)."""
+    ckpt = load(ckpt_dir)
+    engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template)
+    ids = [ckpt.template.encode(ckpt.tokenizer, [{"role": "user", "content": p}])[0] for p in prompts]
+    return [c.text for c in engine.generate(ids, SamplingParams(max_new_tokens=max_new_tokens))]
+
+
+def test_generate_file_puts_each_answer_under_its_number(ascii_ckpt, tmp_path):
+    (tmp_path / "p.txt").write_text("Ola\nTudo bem?\n", encoding="utf-8")
+    first, second = answers_of(ascii_ckpt, ["Ola", "Tudo bem?"])
+    assert "\n" in second  # an answer of several lines
+    out = run_cli("generate", "--model", str(ascii_ckpt), "--file", str(tmp_path / "p.txt"), "--max-new-tokens", "16")
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout == f"[1]\n{first}\n\n[2]\n{second}\n"
+
+
+def test_generate_folds_what_a_char_vocabulary_lacks_and_says_so(ascii_ckpt, tmp_path, capsys):
+    typed = "O que é atenção? “ok” €"
+    [folded, as_unknown] = answers_of(ascii_ckpt, ['O que e atencao? "ok" €', typed])
+    assert folded != as_unknown  # the folding changes what the model answers
+    out = run_cli("generate", "--model", str(ascii_ckpt), "--max-new-tokens", "16", typed)
+    assert out.returncode == 0 and out.stdout == folded + "\n"
+    note = "5 characters folded to the vocabulary: é→e, ç→c, ã→a, “→\", ”→\"; 1 unreadable: '€'"
+    assert out.stderr == f"note: {note}\n"
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Tudo bem?"}) + "\n" + json.dumps({"prompt": typed}) + "\n")
+    assert main(["generate", "--model", str(ascii_ckpt), "--max-new-tokens", "16", "--json", "--file",
+                 str(tmp_path / "p.jsonl")]) == 0
+    captured = capsys.readouterr()
+    plain, accented = map(json.loads, captured.out.splitlines())
+    assert "input_folding" not in plain and accented["text"] == folded
+    assert accented["input_folding"]["note"] == note and accented["input_folding"]["unreadable"] == [
+        {"character": "€", "count": 1}]
+    assert captured.err == f"note: prompt 2: {note}\n"

@@ -17,7 +17,7 @@ import torch
 import uvicorn
 from starlette.requests import ClientDisconnect
 
-from gptmini import Engine, SamplingParams, get_template, save
+from gptmini import Engine, SamplingParams, get_template, load, save
 from gptmini.serve import ChatRequest, create_app
 
 TEMPLATE = get_template()
@@ -431,10 +431,11 @@ def test_bounded_load_500_requests_at_concurrency_16(live, tiny_model, char_toke
           f"memory {grown:+.1f} MB")
 
 
-def test_cli_serve_and_a_busy_port(ckpt_dir):
+def test_cli_serve_its_page_flags_and_a_busy_port(ckpt_dir, tiny_model, char_tokenizer):
     port = free_port()
     command = [sys.executable, "-m", "gptmini.cli", "serve", "--model", str(ckpt_dir), "--port", str(port),
-               "--max-tokens", "8"]
+               "--max-tokens", "8", "--title", "Padaria Pão Quente", "--placeholder", "Pergunte sobre os pães",
+               "--system", "Seja breve."]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()
@@ -447,9 +448,68 @@ def test_cli_serve_and_a_busy_port(ckpt_dir):
             except httpx.TransportError:
                 time.sleep(0.05)
         assert health["model"] == "c"
+        page = httpx.get(f"http://127.0.0.1:{port}/").text
+        assert "<title>Padaria Pão Quente</title>" in page and 'placeholder="Pergunte sobre os pães"' in page
+        asked = [{"role": "user", "content": "Olá"}]
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": asked, "temperature": 0})
+        system = {"role": "system", "content": "Seja breve."}
+        assert reply.json()["choices"][0]["message"]["content"] == greedy(tiny_model, char_tokenizer, [system, *asked], 8).text
         busy = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
         assert busy.returncode == 2 and "Traceback" not in busy.stderr
         assert busy.stderr.strip() == f"gptmini serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)"
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_what_a_char_vocabulary_cannot_read_is_folded_and_said_beside_the_answer(live, ascii_ckpt):
+    server = live(ascii_ckpt, max_tokens=16)
+    client = client_for(server)
+    ckpt = load(ascii_ckpt)
+    typed, plain = "O que é atenção? “ok” €", 'O que e atencao? "ok" €'
+    expected = greedy(ckpt.model, ckpt.tokenizer, plain, 16).text
+    as_typed = Engine(ckpt.model, ckpt.tokenizer, TEMPLATE).generate(
+        [TEMPLATE.encode(ckpt.tokenizer, [{"role": "user", "content": typed}])[0]], SamplingParams(max_new_tokens=16))
+    assert as_typed[0].text != expected  # <|unk|> for every accent answers otherwise
+    said = {"note": "5 characters folded to the vocabulary: é→e, ç→c, ã→a, “→\", ”→\"; 1 unreadable: '€'",
+            "folded": [{"from": c, "to": plain, "count": 1} for c, plain in ("ée", "çc", "ãa", '“"', '”"')],
+            "unreadable": [{"character": "€", "count": 1}]}
+    messages = [{"role": "user", "content": typed}]
+    reply = client.chat.completions.create(model="ascii", messages=messages, max_tokens=16, temperature=0)
+    assert reply.choices[0].message.content == expected and reply.model_extra["input_folding"] == said
+    chunks = list(client.chat.completions.create(model="ascii", messages=messages, max_tokens=16, temperature=0,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].model_extra["input_folding"] == said and chunks[-1].choices[0].finish_reason
+    raw = client.completions.create(model="ascii", prompt="atenção", max_tokens=4, temperature=0)
+    assert raw.model_extra["input_folding"]["note"] == "2 characters folded to the vocabulary: ç→c, ã→a"
+    plain_reply = client.chat.completions.create(model="ascii", messages=[{"role": "user", "content": "Tudo bem?"}],
+                                                 max_tokens=4, temperature=0)
+    assert "input_folding" not in plain_reply.model_extra  # nothing to say: the response is OpenAI's own shape
+
+
+def test_the_page_and_the_api_carry_the_title_placeholder_and_system_prompt_given(live, lively_ckpt, tmp_path,
+                                                                                 tiny_model, char_tokenizer):
+    save(tmp_path / "faq", tiny_model, char_tokenizer,  # lively_ckpt's weights, and the question sft records
+         {"template": TEMPLATE.to_dict(), "data": {"first_question": "Tem   estacionamento?\n"}})
+    page = httpx.get(live(tmp_path / "faq").url + "/").text
+    assert "<title>gptmini · faq</title>" in page and '<h1 id="title">gptmini · faq</h1>' in page
+    assert 'placeholder="Escreva sua mensagem… (ex.: Tem estacionamento?)"' in page
+    assert 'placeholder="Escreva sua mensagem…"' in httpx.get(live(lively_ckpt).url + "/").text  # none recorded
+    system = "Seja gentil."
+    bakery = live(tmp_path / "faq", title="Padaria <Pão & Cia>", placeholder='Pergunte sobre "pães"', system=system,
+                  max_tokens=12)
+    page = httpx.get(bakery.url + "/").text
+    assert "<title>Padaria &lt;Pão &amp; Cia&gt;</title>" in page and "Padaria <Pão" not in page
+    assert 'placeholder="Pergunte sobre &quot;pães&quot;"' in page and "__" not in page
+    client = client_for(bakery)
+    asked = [{"role": "user", "content": "Olá"}]
+
+    def answer(messages):
+        return client.chat.completions.create(model="faq", messages=messages, max_tokens=12,
+                                              temperature=0).choices[0].message.content
+
+    with_system = greedy(tiny_model, char_tokenizer, [{"role": "system", "content": system}, *asked], 12).text
+    assert answer(asked) == with_system != greedy(tiny_model, char_tokenizer, asked, 12).text
+    own = [{"role": "system", "content": "Seja breve."}, *asked]  # a request's own system message wins
+    assert answer(own) == greedy(tiny_model, char_tokenizer, own, 12).text != with_system

@@ -34,7 +34,8 @@ def test_page_streams_the_answer_and_keeps_the_conversation(tmp_path, char_token
             page = browser.new_page()
             text = lambda selector: page.eval_on_selector(selector, "e => e.textContent")
             page.goto(server.url + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('c')")
+            assert text("#title") == "gptmini · c" and page.title() == "gptmini · c"  # the server's title
+            assert page.get_attribute("#input", "placeholder") == "Escreva sua mensagem…"
             page.evaluate("""() => {  // every length the first answer's text takes on screen
                 window.seen = [];
                 new MutationObserver(() => {
@@ -47,6 +48,7 @@ def test_page_streams_the_answer_and_keeps_the_conversation(tmp_path, char_token
             page.wait_for_selector("#answer-1[data-done='1']", timeout=20_000)
             assert text("#answer-1 .text") == first
             assert text(".msg.user .text") == "Olá"
+            assert text(".msg.user .info") == "(lido como á→a)"  # this vocabulary has no "á": said under it
             assert text("#answer-1 .info") == "(20 tokens, cortada no limite)"
             partial = {n for n in page.evaluate("window.seen") if 0 < n < len(first)}
             assert len(partial) >= 3, "the answer should appear piece by piece"

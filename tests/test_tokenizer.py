@@ -3,7 +3,7 @@ import pytest
 from gptmini import GptminiError, Tokenizer
 from gptmini.tokenizer import EOT
 
-from .conftest import PT_TEXT
+from .conftest import ASCII_TEXT, PT_TEXT
 
 ACCENTS = "Atenção, não é ação?"
 
@@ -69,3 +69,18 @@ def test_stream_decoder_waits_for_complete_utf8():
     dec = tok.stream_decoder()
     text = "".join(dec.push(i) for i in tok.encode("não 🤖"))
     assert text == "não 🤖"
+
+
+def test_fold_gives_a_char_vocabulary_plain_forms_it_has_and_names_what_it_cannot_read():
+    tok = Tokenizer.train_char([ASCII_TEXT])  # no accents, no curly quotes
+    text, folding = tok.fold("O que é atenção? “ok” — ﬁm… 5€ a\u0301")  # the last accent typed apart (NFD)
+    assert text == 'O que e atencao? "ok" - fim... 5€ a'
+    assert folding.note() == ("9 characters folded to the vocabulary: é→e, ç→c, ã→a, “→\", ”→\", —→-, ﬁ→fi, …→..., "
+                              "'\\u0301'→''; 1 unreadable: '€'")
+    assert tok.count_unknown(text) == 1  # only what has no plain form reaches the model as <|unk|>
+    assert tok.fold("5€")[1].note() == "1 character unreadable by the vocabulary (read as <|unk|>): '€'"
+    assert not tok.fold("Tudo bem?")[1]
+    with_accents = Tokenizer.train_char(["a\u0301 e"])  # a vocabulary that has the accent as a mark: kept exactly
+    assert with_accents.fold("á")[0] == "a\u0301"
+    bpe = Tokenizer.train_bpe([ASCII_TEXT], vocab_size=260)  # reads every text: untouched
+    assert bpe.fold("atenção “€”") == ("atenção “€”", bpe.fold("")[1]) and not bpe.fold("atenção")[1]

@@ -4,7 +4,8 @@
                     rendered by the template like sft's prompt/completion records
     conversational  {"prompt": [messages], "chosen": [assistant messages], "rejected": [assistant messages]}
 
-`--fields prompt=COL,chosen=COL,rejected=COL` names other columns. As in sft, a JSON number or boolean
+`--fields prompt=COL,chosen=COL,rejected=COL` names other columns (names matched as in sft: case, accents
+and surrounding spaces aside). As in sft, a JSON number or boolean
 in a text field becomes its text (counted), a blank prompt or answer skips the record (counted), and
 anything else wrong is one error naming the file and line. Pairs whose chosen answer equals the
 rejected one teach nothing: they are skipped and counted too.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GptminiError
-from .records import EmptyField, Converter, raw_records, parse_fields
+from .records import EmptyField, Converter, checked_names, field_key, raw_records, parse_fields
 
 PAIR_FIELDS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 PAIR_FIELDS_HINT = "--fields prompt=COLUMN,chosen=COLUMN,rejected=COLUMN"
@@ -66,19 +67,20 @@ def _answer(converter: Converter, value: object, name: str, where: str) -> list[
 def _pair(converter: Converter, record: object, names: dict[str, str], where: str) -> tuple[str, Pair]:
     if not isinstance(record, dict):
         raise GptminiError(f"{where}: expected a JSON object, found {type(record).__name__}")
-    missing = [column for column in names.values() if column not in record]
+    keys = {role: field_key(checked_names(record, where), column) for role, column in names.items()}
+    missing = [names[role] for role, key in keys.items() if key is None]
     if missing:
         keys = ", ".join(map(repr, record)) or "no fields"
         raise GptminiError(f"{where}: record lacks field {missing[0]!r} (it has: {keys}); a preference pair has "
                            f"a prompt, a chosen and a rejected answer: name its columns with {PAIR_FIELDS_HINT}")
-    prompt, chosen, rejected = (record[names[k]] for k in ("prompt", "chosen", "rejected"))
+    prompt, chosen, rejected = (record[keys[k]] for k in ("prompt", "chosen", "rejected"))
     if isinstance(prompt, list):  # TRL's conversational format
         messages = converter.message_list(prompt, "prompt", where)
         if messages[-1]["role"] != "user":
             raise GptminiError(f"{where}: the prompt must end with a user message (the answers follow it)")
         return "conversational", Pair(messages, _answer(converter, chosen, "chosen", where),
                                       _answer(converter, rejected, "rejected", where), where)
-    user, good, bad = (converter.value_of(record, names[k], where) for k in ("prompt", "chosen", "rejected"))
+    user, good, bad = (converter.value_of(record, keys[k], where) for k in ("prompt", "chosen", "rejected"))
     return "standard", Pair([{"role": "user", "content": user}], [{"role": "assistant", "content": good}],
                             [{"role": "assistant", "content": bad}], where)
 

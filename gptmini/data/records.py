@@ -10,6 +10,11 @@ in effect per file); the first that fits wins, in this order:
     prompt/completion     {prompt, completion}: texts, or TRL's conversational lists of messages
     question/answer       {question, answer}
     pergunta/resposta     {pergunta, resposta}
+    instrução/resposta    {instrução, resposta[, entrada]}
+
+Names are matched as people write them, in a header or as JSON keys: case, accents and surrounding
+spaces aside ("Pergunta", " RESPOSTA ", "Instrucao" all fit; `--fields` names too). Two names of one
+record that are the same name that way are an error: which one was meant cannot be known.
 
 `--fields instruction=COL,response=COL` names the columns instead (the nested messages/conversations
 shapes stay recognised); for a file that should use its own shape where it has one (sft's --val-data),
@@ -28,8 +33,11 @@ import codecs
 import csv
 import io
 import json
+import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import GptminiError
@@ -72,9 +80,53 @@ FLAT_SHAPES = (
     Shape("prompt/completion", "prompt", "completion"),
     Shape("question/answer", "question", "answer"),
     Shape("pergunta/resposta", "pergunta", "resposta"),
+    Shape("instrução/resposta", "instrução", "resposta", "entrada"),
 )
 RECOGNISED = ("instruction/response, alpaca instruction/input/output, prompt/completion, question/answer, "
-              "pergunta/resposta, messages, ShareGPT conversations")
+              "pergunta/resposta, instrução/resposta, messages, ShareGPT conversations")
+
+
+@lru_cache(maxsize=4096)
+def name_form(name: str) -> str:
+    """A column or field name as it is matched: "  Instrução " -> "instrucao" (no accents, lower case, trimmed)."""
+    bare = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    return bare.strip().casefold()
+
+
+def same_names(names: Iterable[str]) -> list[str] | None:
+    """The first names that are one name by name_form (two or more, as written), or None."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if isinstance(name, str) and name.strip():  # blank: a trailing delimiter's column, never looked up
+            groups.setdefault(name_form(name), []).append(name)
+    return next((group for group in groups.values() if len(group) > 1), None)
+
+
+def field_key(record: dict, name: str) -> str | None:
+    """The key of `record` that is `name` as people write it (name_form), or None. The caller has checked that
+    no two keys are one name (same_names)."""
+    wanted = name_form(name)
+    return next((key for key in record if isinstance(key, str) and name_form(key) == wanted), None)
+
+
+def checked_names(record: dict, where: str) -> dict:
+    """`record`, unless two of its keys are one name once case, accents and spaces are set aside."""
+    if twice := same_names(record):
+        raise GptminiError(f"{where}: {twice_message(twice, 'field')}")
+    return record
+
+
+def twice_message(names: list[str], noun: str) -> str:
+    if len(set(names)) == 1:  # only a CSV header can repeat a name exactly
+        return f"{noun} {names[0]!r} appears twice in the header; rename one"
+    return (f"{noun}s {' and '.join(map(repr, names))} are one name once case, accents and surrounding spaces are "
+            "set aside; rename one")
+
+
+def first_question(conversations: Iterable[list[dict]]) -> str:
+    """The first user message of the first conversation that has one ("" if none): serve's page shows it as
+    an example of what to ask."""
+    return next((m["content"] for c in conversations for m in c if m["role"] == "user"), "")
 
 
 def parse_fields(spec: str | None, defaults: dict[str, str] = DEFAULT_FIELDS) -> dict[str, str]:
@@ -189,9 +241,8 @@ def _csv(path: Path, text: str) -> list[tuple[int, object]]:
     if not rows:
         return []
     (_, header), body = rows[0], rows[1:]
-    twice = sorted(name for name, n in Counter(header).items() if n > 1 and name)
-    if twice:
-        raise GptminiError(f"{path}:1: column {twice[0]!r} appears twice in the header; rename one")
+    if twice := same_names(header):
+        raise GptminiError(f"{path}:1: {twice_message(twice, 'column')}")
     records = []
     for line, values in body:
         if any(v for v in values[len(header):]):  # an unquoted delimiter in a text would cut it in two
@@ -257,11 +308,13 @@ class Converter:
             raise GptminiError(f"{where}: {path!r} must be a non-empty list of {{{role_key}, {content_key}}}")
         out = []
         for i, m in enumerate(items):
-            if not isinstance(m, dict) or m.get(role_key) not in roles or content_key not in m:
+            role = content = None
+            if isinstance(m, dict):
+                role, content = (field_key(checked_names(m, where), key) for key in (role_key, content_key))
+            if role is None or not isinstance(m[role], str) or m[role] not in roles or content is None:
                 raise GptminiError(f"{where}: {path}[{i}] must be {{{role_key!r}: one of {sorted(roles)}, "
                                    f"{content_key!r}: text}}")
-            content = self.text(m[content_key], f"{path}[{i}].{content_key}", where)
-            out.append({"role": roles[m[role_key]], "content": content})
+            out.append({"role": roles[m[role]], "content": self.text(m[content], f"{path}[{i}].{content}", where)})
         return out
 
     def checked(self, messages: list[dict], where: str) -> list[dict]:
@@ -270,11 +323,13 @@ class Converter:
         return messages
 
     def flat_shape(self, record: dict) -> Shape | None:
-        """The first shape with both keys; without answers required, else the first with its prompt key."""
-        for shape in self.shapes:
+        """The first shape with both keys, its keys as the record writes them; without answers required, else
+        the first with its prompt key."""
+        shapes = [written(shape, record) for shape in self.shapes]
+        for shape in shapes:
             if shape.prompt in record and shape.answer in record:
                 return shape
-        return None if self.require_answer else next((s for s in self.shapes if s.prompt in record), None)
+        return None if self.require_answer else next((s for s in shapes if s.prompt in record), None)
 
     def value_of(self, record: dict, key: str, where: str, required: bool = True) -> str:
         value = record.get(key)
@@ -288,11 +343,11 @@ class Converter:
             raise EmptyField(f"{where}: field {key!r} is empty")
         return text
 
-    def conversational(self, record: dict, where: str) -> list[dict]:
+    def conversational(self, record: dict, shape: Shape, where: str) -> list[dict]:
         """TRL's conversational prompt/completion: both lists of messages."""
-        messages = self.message_list(record["prompt"], "prompt", where)
-        if record.get("completion") is not None or self.require_answer:
-            messages += self.message_list(record.get("completion"), "completion", where)
+        messages = self.message_list(record[shape.prompt], shape.prompt, where)
+        if record.get(shape.answer) is not None or self.require_answer:
+            messages += self.message_list(record.get(shape.answer), shape.answer, where)
         return self.checked(messages, where)
 
     def flat(self, record: dict, shape: Shape, where: str) -> list[dict]:
@@ -305,33 +360,40 @@ class Converter:
 
     def messages(self, record: dict, where: str) -> tuple[str, list[dict]]:
         """(shape name, conversation) of one record."""
-        if "messages" in record:
-            return "messages", self.checked(self.message_list(record["messages"], "messages", where), where)
-        if "conversations" in record:
-            turns = self.message_list(record["conversations"], "conversations", where, "from", "value",
-                                      SHAREGPT_ROLES)
+        if (key := field_key(record, "messages")) is not None:
+            return "messages", self.checked(self.message_list(record[key], key, where), where)
+        if (key := field_key(record, "conversations")) is not None:
+            turns = self.message_list(record[key], key, where, "from", "value", SHAREGPT_ROLES)
             return "sharegpt", self.checked(turns, where)
         shape = self.flat_shape(record)
         if shape is None:
             raise self.unrecognised(record, where)
-        if shape.prompt == "prompt" and isinstance(record["prompt"], list):
-            return "prompt/completion (conversational)", self.conversational(record, where)
+        if name_form(shape.prompt) == "prompt" and isinstance(record[shape.prompt], list):
+            return "prompt/completion (conversational)", self.conversational(record, shape, where)
         return shape.name, self.flat(record, shape, where)
 
     def example(self, record: object, where: str) -> Example:
         if not isinstance(record, dict):
             raise GptminiError(f"{where}: expected a JSON object, found {type(record).__name__}")
-        name, messages = self.messages(record, where)
+        name, messages = self.messages(checked_names(record, where), where)
         self.found[name] += 1
         return Example(messages, where)
 
     def unrecognised(self, record: dict, where: str) -> GptminiError:
         keys = ", ".join(map(repr, record)) or "no fields"
         if len(self.shapes) == 1:  # --fields named the columns: say which one is missing
-            missing = next(k for k in (self.shapes[0].prompt, self.shapes[0].answer) if k not in record)
+            missing = next(k for k in (self.shapes[0].prompt, self.shapes[0].answer) if field_key(record, k) is None)
             return GptminiError(f"{where}: record lacks field {missing!r} (it has: {keys}); check --fields")
         return GptminiError(f"{where}: record has {keys}, which fits no recognised shape ({RECOGNISED}); "
                             f"name its columns with {FIELDS_HINT}")
+
+
+def written(shape: Shape, record: dict) -> Shape:
+    """`shape` with each of its keys as `record` writes it (field_key), where the record has it."""
+    def key(name: str | None) -> str | None:
+        return name and (field_key(record, name) or name)
+
+    return Shape(shape.name, key(shape.prompt), key(shape.answer), key(shape.input))
 
 
 @dataclass

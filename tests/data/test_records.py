@@ -1,9 +1,12 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gptmini import GptminiError
+from gptmini.data.preferences import read_pairs
 from gptmini.data.records import parse_fields, read_examples
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "sft"
@@ -71,3 +74,61 @@ def test_empty_fields_are_skipped_and_counted_never_silently(tmp_path):
     only_empty = write(tmp_path / "o.jsonl", '{"instruction": "", "response": "b"}\n')
     with pytest.raises(GptminiError, match="holds no usable records"):
         read_examples(only_empty)
+
+
+ASK, ANSWER = "Tem estacionamento?", "Sim, gratuito."
+
+
+@pytest.mark.parametrize("name, text, shape", [
+    ("excel.csv", f"\ufeffPergunta;Resposta\n{ASK};{ANSWER}\n", "pergunta/resposta"),  # Excel users capitalise
+    ("spaced.csv", f" Pergunta ; RESPOSTA \n{ASK};{ANSWER}\n", "pergunta/resposta"),
+    ("instrucao.csv", f'Instrução,Resposta\n{ASK},"{ANSWER}"\n', "instrução/resposta"),
+    ("instrucao.tsv", f"INSTRUCAO\tresposta\n{ASK}\t{ANSWER}\n", "instrução/resposta"),
+    ("keys.jsonl", json.dumps({"Pergunta": ASK, " RESPOSTA ": ANSWER}) + "\n", "pergunta/resposta"),
+    ("alpaca.json", json.dumps([{"Instruction": ASK, "INPUT": "", "Output": ANSWER}]), "alpaca"),
+    ("qa.jsonl", json.dumps({"Question": ASK, "Answer": ANSWER}) + "\n", "question/answer"),
+    ("prompt.jsonl", json.dumps({"Prompt": ASK, "Completion": ANSWER}) + "\n", "prompt/completion"),
+    ("messages.jsonl", json.dumps({"Messages": [{"Role": "user", "Content": ASK},
+                                                {"ROLE": "assistant", "content ": ANSWER}]}) + "\n", "messages"),
+    ("sharegpt.json", json.dumps([{"Conversations": [{"From": "human", "Value": ASK},
+                                                     {"from": "gpt", "VALUE": ANSWER}]}]), "sharegpt"),
+])
+def test_names_are_matched_as_people_write_them(tmp_path, name, text, shape):
+    records = read_examples(write(tmp_path / name, text))
+    assert records.report() == f"1 records (shape: {shape})"
+    assert [m["content"] for m in records.examples[0].messages] == [ASK, ANSWER]
+
+
+def test_an_input_column_and_fields_names_are_matched_the_same_way(tmp_path):
+    f = write(tmp_path / "i.csv", "Instrução;Entrada;Resposta\nTraduza;cat;gato\n")
+    assert read_examples(f).examples[0].messages == [{"role": "user", "content": "Traduza", "input": "cat"},
+                                                     {"role": "assistant", "content": "gato"}]
+    g = write(tmp_path / "g.csv", "Título;TEXTO\nOlá;Oi\n")
+    records = read_examples(g, "instruction=titulo,response= Texto")
+    assert records.report() == "1 records (shape: --fields titulo/Texto)"
+    assert [m["content"] for m in records.examples[0].messages] == ["Olá", "Oi"]
+
+
+def test_two_names_that_are_one_name_are_an_error_naming_both(tmp_path):
+    f = write(tmp_path / "two.csv", "Pergunta;pergunta ;Resposta\na;b;c\n")
+    with pytest.raises(GptminiError, match=r"two.csv:1: columns 'Pergunta' and 'pergunta ' are one name once case, "
+                                           r"accents and surrounding spaces are set aside; rename one"):
+        read_examples(f)
+    g = write(tmp_path / "two.jsonl", json.dumps({"Pergunta": "a", "pergunta": "b", "resposta": "c"}) + "\n")
+    with pytest.raises(GptminiError, match=r"two.jsonl:1: fields 'Pergunta' and 'pergunta' are one name"):
+        read_examples(g)
+
+
+def test_preference_pairs_read_their_names_the_same_way(tmp_path):
+    f = write(tmp_path / "p.csv", "Prompt;CHOSEN; Rejected\nOlá?;Oi!;Vá embora.\n")
+    [pair] = read_pairs(f).pairs
+    assert (pair.prompt[0]["content"], pair.chosen[0]["content"], pair.rejected[0]["content"]) == (
+        "Olá?", "Oi!", "Vá embora.")
+
+
+def test_sft_reads_an_excel_header_as_typed(tmp_path):
+    data = write(tmp_path / "faq.csv", f"\ufeffPergunta;Resposta\n{ASK};{ANSWER}\n")
+    out = subprocess.run([sys.executable, "-m", "gptmini.cli", "sft", "--show-masks", "1", "--data", str(data),
+                          "--tokenizer", "char"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith(f"### Comando:\n{ASK}\n\n### Resposta:\n⟦{ANSWER}<|endoftext|>⟧\n")
