@@ -86,7 +86,8 @@ class Variety:
         if self.max_turns >= 2:
             lengths, rng = [len(ids) for ids, _ in encoded], random.Random(f"{self.seed}:{epoch}")
             groups = chats.chain(lengths, self.max_turns, self.context + 1, rng)
-        conversations = [chats.joined([encoded[i] for i in group]) for group in groups if len(group) > 1]
+        conversations = [self.template.encode(self.tokenizer, [m for i in group for m in pool[i].messages])
+                         for group in groups if len(group) > 1]  # never longer than its turns' encodings
         alone = [encoded[group[0]] for group in groups if len(group) == 1] if forms else []  # records: in base
         multi_turn = [self.template.encode(self.tokenizer, f.messages) for f in forms if not chats.single_turn(f)]
         self.counts = {"question_variants": len(forms), "conversations": len(conversations)}

@@ -6,17 +6,15 @@ it has never seen a question behind a conversation and answers it badly. Here si
 examples are chained into conversations, every answer trained, each behind its whole question
 with the earlier turns before it.
 
-A template encodes each message on its own (templates.py), so a conversation's (ids, labels) are
-its turns' (ids, labels) one after the other: chaining needs no second encoding, and a chain is
-only made as long as it fits the context, so no turn is ever cut or dropped.
+A template encodes each message on its own (templates.py), so a conversation is never longer than its
+turns encoded alone (a SentencePiece-style tokenizer's BOS even comes once): a chain is only made
+as long as those lengths fit the context, so no turn is ever cut or dropped.
 """
 from __future__ import annotations
 
 import random
 
 from .records import Example
-
-Sequence = tuple[list[int], list[int]]
 
 
 def single_turn(example: Example) -> bool:
@@ -39,7 +37,3 @@ def chain(lengths: list[int], max_turns: int, length: int, rng: random.Random) -
             i += 1
         groups.append(group)
     return groups
-
-
-def joined(sequences: list[Sequence]) -> Sequence:
-    return [t for ids, _ in sequences for t in ids], [t for _, labels in sequences for t in labels]

@@ -21,12 +21,12 @@ def test_chain_puts_every_example_in_one_conversation_that_fits():
     assert groups != conversations.chain(lengths, 4, 100, random.Random(1))
 
 
-def test_a_joined_conversation_is_the_template_encoding_of_its_turns():
+def test_a_conversation_trains_every_answer_and_is_no_longer_than_its_turns():
     tok = Tokenizer.train_char(["pergunta resposta 0123456789 ?.#:Comandos\n"])
     template = get_template("comando")
     turns = [record(i) for i in range(3)]
-    ids, labels = conversations.joined([template.encode(tok, t.messages) for t in turns])
-    assert (ids, labels) == template.encode(tok, [m for t in turns for m in t.messages])
+    ids, labels = template.encode(tok, [m for t in turns for m in t.messages])
+    assert len(ids) <= sum(len(template.encode(tok, t.messages)[0]) for t in turns)
     trained = tok.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
     assert trained == "resposta 0.resposta 1.resposta 2."  # every assistant turn, each closed by end-of-text
     assert [label for label in labels if label == tok.eot_id] == [tok.eot_id] * 3
