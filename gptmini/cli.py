@@ -125,10 +125,13 @@ def add_device_args(p: argparse.ArgumentParser, quantize: bool = True) -> None:
 
 
 def say_device(requested: str) -> None:
-    """Where the model runs, on stderr (stdout keeps the answers)."""
+    """Where the model runs, on stderr (stdout keeps the answers), when it is not the CPU: a GPU that auto
+    picked is news, the CPU is what a laptop expects (training's plan line names it always)."""
     from .device import describe, resolve_device
 
-    print(f"device: {describe(resolve_device(requested), requested)}", file=sys.stderr)
+    device = resolve_device(requested)
+    if device.type != "cpu":
+        print(f"device: {describe(device, requested)}", file=sys.stderr)
 
 
 def add_record_format_args(p: argparse.ArgumentParser) -> None:
@@ -388,7 +391,7 @@ def add_training_args(p: argparse.ArgumentParser, model_flags: bool = True, trai
     train.add_argument("--no-progress", dest="show_progress", action="store_false", default=None,
                        help="no progress bars: a plain line every --log-every steps instead (for log files)")
     train.add_argument("--log-to", action="append", choices=TRACKERS, help="also log the metrics to this tracker "
-                       "(repeat for both; W&B offline without WANDB_API_KEY); metrics.jsonl is always written")
+                       "(repeat for both; W&B offline without WANDB_API_KEY); metrics.jsonl is always written (default: none)")
     train.add_argument("--devices", type=POSITIVE_INT, default=1,
                        help="processes to train with (DDP via torchrun: gloo on CPU, NCCL with --device cuda)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -732,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("demo", "the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
     p.add_argument("--out", default="runs/demo", help="folder for both runs and the evaluation (replaced)")
     p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300, help="steps of pretraining the base")
-    p.add_argument("--sft-epochs", type=POSITIVE, default=6,
+    p.add_argument("--sft-epochs", type=POSITIVE, default=8,
                    help="passes over the instruction set in SFT (each with new question variants and conversations)")
     p.add_argument("--mix-ratio", type=FRACTION, default=0.3,
                    help="share of pretraining windows drawn from the instruction set (midtraining); 0 turns it off")

@@ -32,7 +32,7 @@ from .transfer import load_legacy_state_dict, transfer
 
 DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 DEFAULT_AUGMENT = "auto"  # question variants per record, each epoch (see data/variants.py and auto_count)
-VARIANT_ANSWER_TOKENS = 24  # answer tokens a question variant trains (see variant_sequences)
+VARIANT_ANSWER_CHARS = 100  # of its answer, what a question variant asked alone trains (see answer_start)
 DEFAULT_CONVERSATIONS = 4  # the longest chained conversation, in turns (see data/conversations.py)
 
 
@@ -50,13 +50,17 @@ def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: Tem
     return sequences, outcomes, needed
 
 
-def answer_start(sequence: tuple[list[int], list[int]], answer_tokens: int | None,
+def answer_start(sequence: tuple[list[int], list[int]], answer: str, answer_chars: int | None,
                  context_size: int) -> list[tuple[list[int], list[int]]]:
-    """A question variant asked alone trains the start of its answer (answer_tokens; None: all of it):
-    the start is where the model decides which answer a question asks for; the rest of the answer it
-    learns from the record itself, every epoch."""
+    """A question variant asked alone trains its answer's first `answer_chars` characters (about as many
+    tokens as they take; None: all of it): the start is where the model decides which answer a question
+    asks for; the rest of a long answer it learns from the record itself, every epoch. A short answer
+    (the course's, a FAQ's) is trained whole."""
     ids, labels = sequence
-    end = first_trained(labels) + answer_tokens + 1 if answer_tokens else len(ids)
+    start = first_trained(labels)
+    end = len(ids)
+    if answer_chars and len(answer) > answer_chars:
+        end = start + 1 + math.ceil(answer_chars * (len(ids) - start) / len(answer))
     return fit_to_context(ids[:end], labels[:end], context_size + 1)[0]
 
 
@@ -67,9 +71,9 @@ class Variety:
     themselves are chained again. Cheap to make, so made when needed, from (seed, epoch) alone."""
 
     def __init__(self, examples: list[Example], tokenizer: Tokenizer, template: Template, context_size: int,
-                 augment: int, max_turns: int, seed: int, answer_tokens: int | None = None) -> None:
+                 augment: int, max_turns: int, seed: int, answer_chars: int | None = None) -> None:
         self.examples, self.tokenizer, self.template, self.context = examples, tokenizer, template, context_size
-        self.augment, self.max_turns, self.seed, self.answer_tokens = augment, max_turns, seed, answer_tokens
+        self.augment, self.max_turns, self.seed, self.answer_chars = augment, max_turns, seed, answer_chars
         self.counts: dict[str, int] = {}
 
     def forms(self, epoch: int) -> list[Example]:
@@ -88,10 +92,11 @@ class Variety:
             groups = chats.chain(lengths, self.max_turns, self.context + 1, rng)
         conversations = [self.template.encode(self.tokenizer, [m for i in group for m in pool[i].messages])
                          for group in groups if len(group) > 1]  # never longer than its turns' encodings
-        alone = [encoded[group[0]] for group in groups if len(group) == 1] if forms else []  # records: in base
+        alone = [group[0] for group in groups if len(group) == 1] if forms else []  # the records: in base
         multi_turn = [self.template.encode(self.tokenizer, f.messages) for f in forms if not chats.single_turn(f)]
         self.counts = {"question_variants": len(forms), "conversations": len(conversations)}
-        return ([piece for seq in alone for piece in answer_start(seq, self.answer_tokens, self.context)]
+        return ([piece for i in alone
+                 for piece in answer_start(encoded[i], pool[i].messages[-1]["content"], self.answer_chars, self.context)]
                 + [piece for seq in multi_turn for piece in fit_to_context(*seq, self.context + 1)[0]]
                 + conversations)
 
@@ -185,13 +190,13 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
         resume: bool = False, overwrite: bool = False, lora_rank: int | None = None,
         lora_alpha: float | None = None, lora_embeddings: bool = False, encoding: str | None = None,
         augment: int | str = DEFAULT_AUGMENT, conversations: int = DEFAULT_CONVERSATIONS,
-        augment_answer_tokens: int | None = VARIANT_ANSWER_TOKENS) -> dict:
+        augment_answer_chars: int | None = VARIANT_ANSWER_CHARS) -> dict:
     """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary.
 
     augment: question variants per training record each epoch, in the forms people type ("auto": see
         variants.auto_count; 0: none; data/variants.py).
     conversations: training records also chained into conversations of 2 to this many turns (< 2: none).
-    augment_answer_tokens: answer tokens a variant trains (None: the whole answer).
+    augment_answer_chars: of its answer, what a variant asked alone trains (None: the whole answer).
 
     lora_rank: train LoRA adapters of this rank instead of every weight (see lora.py).
     encoding: of data and val_data (default UTF-8).
@@ -228,7 +233,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; "
           + describe_fit(outcomes, context, needed))
     augment = variants.auto_count(len(train_examples)) if augment == "auto" else augment
-    made = Variety(train_examples, tok, tmpl, context, augment, conversations, cfg.seed, augment_answer_tokens)
+    made = Variety(train_examples, tok, tmpl, context, augment, conversations, cfg.seed, augment_answer_chars)
     train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id, extra=made)
     print(f"variety, each epoch: {made.counts['question_variants']} question variants (--augment "
           f"{augment or 'none'}), " + (f"{made.counts['conversations']} conversations of 2-{conversations} turns"

@@ -171,7 +171,7 @@ def test_sft_from_scratch_says_so_and_no_progress_logs_a_line_every_log_every_st
     data.write_text("pergunta;resposta\n" + "".join(f"Quanto é {i}+1?;{i + 1}\n" for i in range(10)), encoding="utf-8")
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "run"), "--tokenizer", "char", "--context-size", "32",
                  "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--max-steps", "4", "--log-every", "2",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--augment", "none", "--conversations", "none"]) == 0
     captured = capsys.readouterr()
     assert re.search(r"note: no --base: training a new [\d,]+-parameter model from scratch \(--d-model 16, --n-layers 1, "
                      r"--n-heads 2, --context-size 32, \d+ tokens\); --base DIR fine-tunes a pretrained one", captured.out)

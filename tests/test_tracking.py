@@ -25,7 +25,7 @@ def jsonl(run_dir) -> list[dict]:
 
 def test_pretrain_cli_logs_to_tensorboard_what_metrics_jsonl_holds(tmp_path):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("O modelo de linguagem prevê a próxima palavra.\n" * 40, encoding="utf-8")
+    corpus.write_text("O modelo de linguagem prevê a próxima palavra.\n" * 400, encoding="utf-8")  # a validation split too
     out = subprocess.run([sys.executable, "-m", "gptmini.cli", "pretrain", "--data", str(corpus), "--out",
                           str(tmp_path / "run"), "--tokenizer", "char", "--context-size", "16", "--d-model", "16",
                           "--n-heads", "2", "--n-layers", "1", "--max-steps", "6", "--log-every", "2", "--eval-every",
