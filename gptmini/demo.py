@@ -21,7 +21,6 @@ from .sft import sft
 DEMO_MODEL = {"context_size": 256, "d_model": 192, "n_heads": 6, "n_layers": 4}
 DEMO_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 HELD_OUT = ASSETS / "instructions_eval.jsonl"
-DEMO_AUGMENT = 1  # question forms a record each epoch: the embedded set already asks each answer 3-4 ways
 BASE_PROMPT = "Naquele tempo, a cidade"
 TRAINED_PROMPTS = ["Explique Machine Learning", "O que é um modelo de linguagem?", "Para que serve a atenção?",
                 "Defina inteligência artificial"]
@@ -62,7 +61,7 @@ def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: f
     print("== 2/3 instruction tuning (loss on the answers only)")
     tuned = sft(out / "sft", DEMO_INSTRUCTIONS, base=str(out / "base" / "best"), val_data=HELD_OUT,
                 epochs=sft_epochs, overwrite=True, train={**common, "lr": 1e-3, "eval_every": 50, "save_every": 100},
-                **{"augment": DEMO_AUGMENT, **sft_options})
+                **sft_options)
     print(f"   sft: {tuned['steps']} steps, {tuned['tokens_per_s']:.0f} tokens/s, padding {tuned['padding_waste']:.1%}")
     print("== 3/3 evaluation on held-out rewordings, and the assistant in action (greedy)")
     report = evaluate_demo(out, show_progress)
