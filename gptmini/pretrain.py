@@ -55,8 +55,7 @@ def instruction_mix(path: str | Path, tokenizer: Tokenizer, template: str | None
     Records follow each other behind their end-of-text, so windows already hold conversations."""
     records = read_examples(path, fields)
     examples = records.examples
-    count = variants.auto_count(len(examples)) if augment == "auto" else augment
-    forms = variants.readable(variants.augment(examples, count, seed), tokenizer) if count else []
+    forms = variants.readable_forms(examples, variants.variant_count(augment, len(examples)), seed, tokenizer)
     print(f"instruction mix: {records.report()}" + (f", with {len(forms)} question variants" if forms else ""))
     tmpl = get_template(template)
     order = np.random.Generator(np.random.PCG64(seed)).permutation(len(examples) + len(forms))

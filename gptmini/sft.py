@@ -31,7 +31,7 @@ from .train import Trainer, amount, no_validation_note, prepare_output, refuse_t
 from .transfer import load_legacy_state_dict, transfer
 
 DEFAULT_INSTRUCTIONS = ASSETS / "instructions.jsonl"
-DEFAULT_AUGMENT = "auto"  # question variants per record, each epoch (see data/variants.py and auto_count)
+DEFAULT_AUGMENT = "auto"  # question variants per record, each epoch (see data/variants.py and variant_count)
 VARIANT_ANSWER_CHARS = 100  # of its answer, what a question variant asked alone trains (see answer_start)
 DEFAULT_CONVERSATIONS = 4  # the longest chained conversation, in turns (see data/conversations.py)
 
@@ -76,14 +76,8 @@ class Variety:
         self.augment, self.max_turns, self.seed, self.answer_chars = augment, max_turns, seed, answer_chars
         self.counts: dict[str, int] = {}
 
-    def forms(self, epoch: int) -> list[Example]:
-        if not self.augment:
-            return []
-        return variants.readable(variants.augment(self.examples, self.augment, self.seed * 100_003 + epoch),
-                                 self.tokenizer)
-
     def __call__(self, epoch: int) -> list[tuple[list[int], list[int]]]:
-        forms = self.forms(epoch)
+        forms = variants.readable_forms(self.examples, self.augment, self.seed * 100_003 + epoch, self.tokenizer)
         pool = [e for e in forms or self.examples if chats.single_turn(e)]
         encoded = [self.template.encode(self.tokenizer, e.messages) for e in pool]
         groups = [[i] for i in range(len(encoded))]
@@ -95,8 +89,9 @@ class Variety:
         alone = [group[0] for group in groups if len(group) == 1] if forms else []  # the records: in base
         multi_turn = [self.template.encode(self.tokenizer, f.messages) for f in forms if not chats.single_turn(f)]
         self.counts = {"question_variants": len(forms), "conversations": len(conversations)}
-        return ([piece for i in alone
-                 for piece in answer_start(encoded[i], pool[i].messages[-1]["content"], self.answer_chars, self.context)]
+        answers = [pool[i].messages[-1]["content"] for i in alone]
+        return ([piece for i, answer in zip(alone, answers)
+                 for piece in answer_start(encoded[i], answer, self.answer_chars, self.context)]
                 + [piece for seq in multi_turn for piece in fit_to_context(*seq, self.context + 1)[0]]
                 + conversations)
 
@@ -194,7 +189,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     """Fine-tunes `base` on `data` (default: the embedded instruction set); returns a summary.
 
     augment: question variants per training record each epoch, in the forms people type ("auto": see
-        variants.auto_count; 0: none; data/variants.py).
+        variants.variant_count; 0: none; data/variants.py).
     conversations: training records also chained into conversations of 2 to this many turns (< 2: none).
     augment_answer_chars: of its answer, what a variant asked alone trains (None: the whole answer).
 
@@ -232,7 +227,7 @@ def sft(out: str | Path, data: str | Path | None = None, base: str = "none", tem
     train_seqs, outcomes, needed = encode_examples(train_examples, tok, tmpl, context, long_examples)
     print(f"examples: {len(train_examples)} train, {len(val_examples)} validation; "
           + describe_fit(outcomes, context, needed))
-    augment = variants.auto_count(len(train_examples)) if augment == "auto" else augment
+    augment = variants.variant_count(augment, len(train_examples))
     made = Variety(train_examples, tok, tmpl, context, augment, conversations, cfg.seed, augment_answer_chars)
     train_batches = ExampleBatches(train_seqs, cfg.batch_size, cfg.seed, tok.pad_id, extra=made)
     print(f"variety, each epoch: {made.counts['question_variants']} question variants (--augment "
@@ -286,8 +281,8 @@ def preview_masks(data: str | Path | None, base: str, template: str | None, fiel
 def variety_preview(examples: list[Example], tok: Tokenizer, tmpl: Template, augment: int | str,
                     conversations: int) -> str:
     """The first record's question variants and a conversation chained from the first ones, as text."""
-    augment, text = variants.auto_count(len(examples)) if augment == "auto" else augment, ""
-    forms = variants.readable(variants.augment(examples[:3], augment, seed=0), tok) if augment else []
+    augment, text = variants.variant_count(augment, len(examples)), ""
+    forms = variants.readable_forms(examples[:3], augment, 0, tok)
     if forms:
         text += f"\n=== question variants of the first record (--augment {augment}; its answer as above):\n"
         text += "\n".join(f"  {v.messages[0]['content']}" for v in forms[:augment])

@@ -173,15 +173,17 @@ def question_variants(question: str, n: int, rng: random.Random, taken: set[str]
     return out
 
 
-def auto_count(records: int) -> int:
-    """Variants per record when the user does not say: 8 for a small FAQ (one wording per question is
+def variant_count(spec: int | str, records: int) -> int:
+    """--augment's number of variants per record. "auto": 8 for a small FAQ (one wording per question is
     where the variety is missing), fewer as the records themselves bring variety and each variant costs
     a training sequence: about 1,200 question forms an epoch, at least one variant per record."""
-    return max(1, min(8, math.ceil(1200 / max(records, 1))))
+    return max(1, min(8, math.ceil(1200 / max(records, 1)))) if spec == "auto" else int(spec)
 
 
-def readable(forms: list[Example], tokenizer: Tokenizer) -> list[Example]:
-    """Forms whose every character the vocabulary holds (a char tokenizer's lacks what the data lacked)."""
+def readable_forms(examples: list[Example], n: int, seed: int, tokenizer: Tokenizer) -> list[Example]:
+    """`augment`'s variants, less those with a character the vocabulary lacks (a char tokenizer lacks what
+    the data lacked): an unreadable form would teach <|unk|>. None for n = 0."""
+    forms = augment(examples, n, seed) if n else []
     return [f for f in forms if not any(tokenizer.count_unknown(m["content"]) for m in f.messages)]
 
 
