@@ -22,6 +22,7 @@ import torch
 
 from .data.batches import slide_keep
 from .data.templates import Template
+from . import kernels
 from .errors import GptminiError
 from .model import GPTMini, KVCache, StaticCache
 from .quantize import quantize as quantized
@@ -113,6 +114,7 @@ class CompiledStep:
 
     def __init__(self, model: GPTMini, report: Callable[[str], None] | None = None) -> None:
         mode = "reduce-overhead" if model.embed.weight.device.type == "cuda" else None
+        kernels.prepare_compile()
         # One graph per batch size and model shape, all on decode_step's code: dynamo's default cap is 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, mode=mode)

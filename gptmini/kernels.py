@@ -135,10 +135,15 @@ class Linear(nn.Linear):
         return partial.sum(0).view(*x.shape[:-1], -1)
 
 
-@torch.compiler.assume_constant_result
 def threads() -> int:
-    """PyTorch's thread count, a constant to torch.compile (the compiled decode step keeps its split)."""
+    """PyTorch's thread count, a constant to torch.compile once `prepare_compile` ran."""
     return torch.get_num_threads()
+
+
+def prepare_compile() -> None:
+    """Marks `threads` constant to torch.compile (the compiled decode step keeps its split). Called
+    before compiling, not at import: the mark imports dynamo, seconds of every command's start."""
+    torch.compiler.assume_constant_result(threads)
 
 
 def write_rows(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import checkpoint, lora, progress
+from . import checkpoint, kernels, lora, progress
 from .device import Precision, describe, precision_text, resolve_device, resolve_precision, to_device
 from .distributed import World, world
 from .errors import GptminiError
@@ -272,6 +272,8 @@ class Trainer:
                                "each process takes an equal share of every step's micro-batches")
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, cfg)
+        if cfg.compile:
+            kernels.prepare_compile()
         self.forward = torch.compile(model) if cfg.compile else model
         self.train_forward = self.forward
         if self.world.size > 1:

@@ -134,7 +134,7 @@ def test_turn_three_is_answered_as_turn_one_only_when_trained_on_conversations(t
     for turns in (4, 0):
         sft(tmp_path / str(turns), ASSETS / "seed.jsonl", base="none", tokenizer="char", conversations=turns,
             model={"context_size": 512, "d_model": 128, "n_heads": 4, "n_layers": 2},
-            train={"lr": 1e-3, "batch_size": 8, "max_steps": 600, "seed": 0, "show_progress": False})
+            train={"lr": 2e-3, "batch_size": 8, "max_steps": 250, "seed": 0, "show_progress": False})
     references = [r["response"] for r in SEED]
     assert conversation_answers(tmp_path / "4" / "last", 1) == references
     assert conversation_answers(tmp_path / "4" / "last", 3) == references
