@@ -570,6 +570,19 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_augment)
 
 
+def demo_args(p: argparse.ArgumentParser) -> None:
+    from .demo import DEMO_MIX_RATIO, DEMO_PRETRAIN_STEPS, DEMO_SFT_EPOCHS
+
+    p.add_argument("--out", default="runs/demo", help="folder for both runs and the evaluation (replaced)")
+    p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=DEMO_PRETRAIN_STEPS, help="steps of pretraining the base")
+    p.add_argument("--sft-epochs", type=POSITIVE, default=DEMO_SFT_EPOCHS,
+                   help="passes over the instruction set in SFT (each with new question variants and conversations)")
+    p.add_argument("--mix-ratio", type=FRACTION, default=DEMO_MIX_RATIO,
+                   help="share of pretraining windows drawn from the instruction set (midtraining); 0 turns it off")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of both runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: plain log lines instead")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptmini", description="Pretrain, instruction-tune, evaluate, chat with and serve a small GPT.")
     parser.add_argument("--version", action="version", version=f"gptmini {__version__}")
@@ -733,14 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_hf)
 
     p = verb("demo", "the whole journey on the embedded defaults: pretrain -> SFT -> eval -> answers")
-    p.add_argument("--out", default="runs/demo", help="folder for both runs and the evaluation (replaced)")
-    p.add_argument("--pretrain-steps", type=POSITIVE_INT, default=300, help="steps of pretraining the base")
-    p.add_argument("--sft-epochs", type=POSITIVE, default=8,
-                   help="passes over the instruction set in SFT (each with new question variants and conversations)")
-    p.add_argument("--mix-ratio", type=FRACTION, default=0.3,
-                   help="share of pretraining windows drawn from the instruction set (midtraining); 0 turns it off")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="seed of both runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars: plain log lines instead")
+    demo_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

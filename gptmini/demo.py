@@ -21,6 +21,10 @@ from .sft import sft
 DEMO_MODEL = {"context_size": 256, "d_model": 192, "n_heads": 6, "n_layers": 4}
 DEMO_INSTRUCTIONS = ASSETS / "instructions.jsonl"
 HELD_OUT = ASSETS / "instructions_eval.jsonl"
+# Measured (README): a shorter pretraining with half its windows from the instruction set (midtraining) and
+# 6 SFT epochs answer the held-out rewordings about as well as 300 steps at 0.3 and 8 epochs, in 20 % less time.
+# Not time-boxed: cut short by a budget on a slower machine, the held-out exact match fell below 85 %.
+DEMO_PRETRAIN_STEPS, DEMO_MIX_RATIO, DEMO_SFT_EPOCHS = 200, 0.5, 6
 BASE_PROMPT = "Naquele tempo, a cidade"
 TRAINED_PROMPTS = ["Explique Machine Learning", "O que é um modelo de linguagem?", "Para que serve a atenção?",
                 "Defina inteligência artificial"]
@@ -42,8 +46,9 @@ def base_sample(run: Path, seed: int = 0) -> str:
     return engine.generate([engine.encode_prompt(BASE_PROMPT, raw=True)], params)[0].text
 
 
-def demo(out: str | Path = "runs/demo", pretrain_steps: int = 300, sft_epochs: float = 8, seed: int = 0,
-         show_progress: bool = True, mix_ratio: float = 0.3, model: dict | None = None, **sft_options) -> dict:
+def demo(out: str | Path = "runs/demo", pretrain_steps: int = DEMO_PRETRAIN_STEPS, sft_epochs: float = DEMO_SFT_EPOCHS,
+         seed: int = 0, show_progress: bool = True, mix_ratio: float = DEMO_MIX_RATIO, model: dict | None = None,
+         **sft_options) -> dict:
     """mix_ratio: share of pretraining windows drawn from the instruction set (0: no midtraining).
     model: GPTConfig fields instead of DEMO_MODEL's (a notebook's quick run takes a tiny one).
     sft_options: more of sft()'s arguments (augment, conversations, ...)."""
