@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import kernels
 from .data.batches import slide_keep
 from .data.templates import Template
-from . import kernels
 from .errors import GptminiError
 from .model import GPTMini, KVCache, StaticCache
 from .quantize import quantize as quantized
