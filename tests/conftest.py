@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, get_template, save
+from gptmini.cli import main
 from gptmini.train import Trainer
 
 PT_TEXT = "Atenção, não é ação? O modelo de linguagem prevê a próxima palavra.\nÇÃO àéíóú ü ñ"
@@ -16,6 +17,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def run_main(capfd):
+    """run_main(*args): the command run by main() in this process, the function the installed command
+    calls, -> (exit status, stderr). A process of its own would cost a torch import, seconds, for each."""
+    def run(*args) -> tuple[int, str]:
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors exit from inside parse_args
+            code = exc.code
+        return code, capfd.readouterr().err
+
+    return run
 
 
 @pytest.fixture

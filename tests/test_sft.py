@@ -112,14 +112,14 @@ def test_show_masks_marks_the_response_and_eos():
     assert f"### Resposta:\n⟦{SEED[0]['response']}<|endoftext|>⟧" in out.stdout
 
 
-def test_sft_bad_input_is_one_clear_line(tmp_path):
+def test_sft_bad_input_is_one_clear_line(tmp_path, run_main):
     pira = tmp_path / "p.jsonl"
     pira.write_text('{"pergunta_pt": "a", "resposta_pt": "b"}\n')  # pergunta/resposta itself is recognised
-    out = cli("sft", "--data", pira, "--out", tmp_path / "run")
-    assert out.returncode == 2 and "--fields" in out.stderr and "p.jsonl:1" in out.stderr
-    out = cli("sft", "--base", tmp_path / "missing", "--out", tmp_path / "run")
-    assert out.returncode == 2 and "checkpoint directory not found" in out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "last").exists()
+    code, stderr = run_main("sft", "--data", pira, "--out", tmp_path / "run")
+    assert code == 2 and "--fields" in stderr and "p.jsonl:1" in stderr
+    code, stderr = run_main("sft", "--base", tmp_path / "missing", "--out", tmp_path / "run")
+    assert code == 2 and "checkpoint directory not found" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "run" / "last").exists()
 
 
 def conversation_answers(run_dir, turn):

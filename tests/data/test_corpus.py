@@ -1,7 +1,5 @@
 import gzip
 import lzma
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -65,12 +63,8 @@ def test_embedded_corpus_is_substantial_portuguese():
         assert word in text.lower()
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("case", ["missing", "tiny", "vocab", "latin1"])
-def test_pretrain_bad_input_is_one_line_without_traceback(tmp_path, case):
+def test_pretrain_bad_input_is_one_line_without_traceback(tmp_path, case, run_main):
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("só isto")
     latin = tmp_path / "latin.txt"
@@ -79,11 +73,11 @@ def test_pretrain_bad_input_is_one_line_without_traceback(tmp_path, case):
             "tiny": ["--data", tiny, "--tokenizer", "char"],
             "vocab": ["--data", tiny, "--vocab-size", "100"],
             "latin1": ["--data", latin]}[case]
-    out = cli("pretrain", "--out", tmp_path / "run", *args)
-    assert out.returncode == 2
-    errors = [line for line in out.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith("gptmini pretrain: error: "), out.stderr
-    assert out.stderr.rstrip().endswith(errors[0])  # progress bars may precede it, nothing follows
+    code, stderr = run_main("pretrain", "--out", tmp_path / "run", *args)
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("gptmini pretrain: error: "), stderr
+    assert stderr.rstrip().endswith(errors[0])  # progress bars may precede it, nothing follows
     assert {"missing": "nope.txt: no such file", "tiny": "fewer than one context window",
             "vocab": "too small", "latin1": "offset 1"}[case] in errors[0]
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in stderr

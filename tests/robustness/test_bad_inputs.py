@@ -123,16 +123,34 @@ def case_args(root: Path) -> dict[str, tuple[list, str]]:
 
 
 CASES = sorted(case_args(Path("/x")))
+# The installed command itself, in a process of its own, for a sample; the rest through run_main.
+IN_A_PROCESS = ["sft:bad_middle.jsonl", "generate:corrupt_weights", "sft:val_fraction_20", "dpo:same_pair.jsonl"]
+
+
+def run_in_a_process(args: list[str]) -> tuple[int, str]:
+    out = subprocess.run([sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, timeout=120)
+    return out.returncode, out.stderr
+
+
+def assert_one_clear_line(code: int, stderr: str, expected: str) -> None:
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert code == 2, stderr
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr
+    assert expected in errors[0]
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_gives_one_clear_line(world, case):
+def test_bad_input_gives_one_clear_line(world, case, run_main):
     args, expected = case_args(world)[case]
     before = snapshot(world)
-    out = subprocess.run([sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, timeout=120)
-    errors = [line for line in out.stderr.splitlines() if "error:" in line]
-    assert out.returncode == 2, out.stderr
-    assert len(errors) == 1 and out.stderr.rstrip().endswith(errors[0]), out.stderr
-    assert expected in errors[0]
-    assert "Traceback" not in out.stderr
+    assert_one_clear_line(*run_main(*args), expected)
     assert snapshot(world) == before  # no existing file was modified (nor any new output kept)
+
+
+@pytest.mark.parametrize("case", IN_A_PROCESS)
+def test_the_installed_command_says_the_same_in_its_own_process(world, case):
+    args, expected = case_args(world)[case]
+    before = snapshot(world)
+    assert_one_clear_line(*run_in_a_process(args), expected)
+    assert snapshot(world) == before
