@@ -107,17 +107,21 @@ def slid(prompt: list[int], answer: list[int], context_size: int) -> list[int]:
 
 
 class CompiledStep:
-    """GPTMini.decode_step compiled with torch.compile (inductor: C++ on a CPU, Triton + CUDA graphs on
+    """GPTMini.decode_graph compiled with torch.compile (inductor: C++ on a CPU, Triton + CUDA graphs on
     CUDA), once per batch size: every token of every request of that size reuses it. The first call of
     a size compiles; its seconds go to `seconds` and to `report` (stderr by default). Inductor keeps
     its compiled code on disk (/tmp/torchinductor_$USER), so a later process compiles faster."""
 
     def __init__(self, model: GPTMini, report: Callable[[str], None] | None = None) -> None:
-        mode = "reduce-overhead" if model.embed.weight.device.type == "cuda" else None
+        # CUDA: CUDA graphs replay the whole step. CPU: a C++ wrapper calls the kernels, where inductor's
+        # default Python wrapper cost about 0.7 ms a token (README, "Decoding speed").
+        cuda = model.embed.weight.device.type == "cuda"
+        mode, options = ("reduce-overhead", None) if cuda else (None, {"cpp_wrapper": True})
         kernels.prepare_compile()
-        # One graph per batch size and model shape, all on decode_step's code: dynamo's default cap is 8.
+        # One graph per batch size and model shape, all on decode_graph's code: dynamo's default cap is 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, mode=mode)
+        self.model = model
+        self.graph = torch.compile(model.decode_graph, fullgraph=True, dynamic=False, mode=mode, options=options)
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.seconds: dict[int, float] = {}
 
@@ -125,9 +129,9 @@ class CompiledStep:
                  cache: StaticCache) -> torch.Tensor:
         batch = len(tokens)
         if batch in self.seconds:
-            return self.step(tokens, positions, key_mask, cache)
+            return self.model.decode_step(tokens, positions, key_mask, cache, self.graph)
         start = time.perf_counter()
-        logits = self.step(tokens, positions, key_mask, cache)
+        logits = self.model.decode_step(tokens, positions, key_mask, cache, self.graph)
         self.seconds[batch] = time.perf_counter() - start
         self.report(f"compiled the decode step for batch {batch} in {self.seconds[batch]:.1f} s")
         return logits

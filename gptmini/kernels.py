@@ -4,7 +4,7 @@
   gradient once instead of gluing halves together with copies (+5-9 % a training step).
 - swiglu / SwiGLU: silu(gate) * up; the same for its backward.
 - Linear: nn.Linear whose one-row products (batch-1 decoding) are split over PyTorch's threads;
-  otherwise F.linear. `write_rows` (the static cache's write) is a custom op, opaque to torch.compile.
+  otherwise F.linear.
 - LinearCrossEntropy: the summed cross-entropy of the output head, chunked; equals
   F.cross_entropy(x @ weight.T, targets, ignore_index=-100, reduction="sum") (GPTMini.loss).
 
@@ -128,10 +128,11 @@ class Linear(nn.Linear):
         parts = math.gcd(threads(), n_in)
         if x.numel() != n_in or parts < 2 or not self.weight.t().is_contiguous():
             return F.linear(x, self.weight)
-        blocks = x.reshape(parts, 1, n_in // parts)
-        if torch.compiler.is_compiling():  # inductor writes a one-row bmm as its own slower loop; two rows stay MKL's
-            blocks = torch.cat((blocks, torch.zeros_like(blocks)), dim=1)
-        partial = torch.bmm(blocks, self.weight.t().view(parts, n_in // parts, -1))[:, :1]
+        blocks, weight = x.reshape(parts, 1, n_in // parts), self.weight.t().view(parts, n_in // parts, -1)
+        if torch.compiler.is_compiling():  # inductor writes a one-row bmm as its own slower loop; baddbmm stays MKL's
+            partial = torch.baddbmm(blocks.new_zeros(1, 1, 1), blocks, weight, beta=0)
+        else:
+            partial = torch.bmm(blocks, weight)
         return partial.sum(0).view(*x.shape[:-1], -1)
 
 
@@ -144,22 +145,6 @@ def prepare_compile() -> None:
     """Marks `threads` constant to torch.compile (the compiled decode step keeps its split). Called
     before compiling, not at import: the mark imports dynamo, seconds of every command's start."""
     torch.compiler.assume_constant_result(threads)
-
-
-def write_rows(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
-    """cache[layer, row, :, index[row]] = new[row, :, 0] for every row: the static cache's write."""
-    rows = torch.arange(len(new), device=new.device)
-    cache[layer, rows, :, index] = new[:, :, 0]
-
-
-# An op opaque to torch.compile (GPTMini.decode_step): it writes the cache in place, where a plain
-# index_put in the compiled step makes a copy of the layer's cache every step.
-torch.library.custom_op("gptmini::write_rows", write_rows, mutates_args=("cache",))
-
-
-def cache_write(cache: torch.Tensor, layer: int, index: torch.Tensor, new: torch.Tensor) -> None:
-    """write_rows, as the op when compiling."""
-    (torch.ops.gptmini.write_rows if torch.compiler.is_compiling() else write_rows)(cache, layer, index, new)
 
 
 class LinearCrossEntropy(torch.autograd.Function):

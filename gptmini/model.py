@@ -9,6 +9,7 @@ each beside the plain version it equals.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GptminiError
-from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu, cache_write
+from .kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU, rotary_qkv, swiglu
 
 
 @dataclass
@@ -93,9 +94,42 @@ class StaticCache:
         self.k, self.v, self.index = k, v, index
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cache_write(self.k, layer, self.index, k)
-        cache_write(self.v, layer, self.index, v)
+        """Eager: writes one layer's (B, kv heads, 1, head dim) new keys/values; returns the rows' window."""
+        self.write(k[None], v[None], slice(layer, layer + 1))
         return self.k[layer, :len(k)], self.v[layer, :len(v)]
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, layer: int | slice = slice(None)) -> None:
+        """Writes (layers, B, kv heads, 1, head dim) new keys/values, each row at its own position."""
+        rows = torch.arange(k.shape[1], device=k.device)
+        self.k[layer, rows, :, self.index] = k[:, :, :, 0].transpose(0, 1)  # indexed as (B, layers, heads, dim)
+        self.v[layer, rows, :, self.index] = v[:, :, :, 0].transpose(0, 1)
+
+
+class StepAttention:
+    """Attention for one new token per row over a StaticCache that does not hold it yet, inside the compiled
+    step: a softmax over the cached keys the row sees and its own new key, computed apart, so the step
+    only reads the cache. The new keys/values are collected and written after the step (StaticCache.write):
+    written inside, inductor's functional copy of the cache costs more than the whole rest of a step."""
+
+    def __init__(self, cache: StaticCache, key_mask: torch.Tensor) -> None:
+        self.cache = cache
+        stale = torch.arange(key_mask.shape[1], device=key_mask.device) == cache.index[:, None]
+        self.seen = (key_mask & ~stale)[:, None, None, :]  # (B, 1, 1, window): not the slot being written
+        self.new_k: list[torch.Tensor] = []
+        self.new_v: list[torch.Tensor] = []
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, heads, 1, head dim) attention outputs; q (B, heads, 1, head dim), k/v (B, kv heads, 1, head dim)."""
+        self.new_k.append(k), self.new_v.append(v)
+        B, heads, _, dim = q.shape
+        q = q.reshape(B, k.shape[1], heads // k.shape[1], dim) * dim ** -0.5  # heads grouped by kv head
+        keys, values = self.cache.k[layer, :B], self.cache.v[layer, :B]
+        cached = (q @ keys.transpose(-1, -2)).masked_fill(~self.seen, float("-inf"))
+        new = q @ k.transpose(-1, -2)
+        peak = torch.maximum(cached.amax(-1, keepdim=True), new)
+        weights, weight_new = (cached - peak).exp(), (new - peak).exp()
+        y = (weights @ values + weight_new * v) / (weights.sum(-1, keepdim=True) + weight_new)
+        return y.reshape(B, heads, 1, dim)
 
 
 class Attention(nn.Module):
@@ -111,6 +145,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
         rotary = RotaryQKV.apply if qkv.requires_grad else rotary_qkv  # inference: skip autograd's bookkeeping
         q, k, v = (t.transpose(1, 2) for t in rotary(qkv, cos, sin, self.n_heads, self.n_kv_heads))
+        if isinstance(cache, StepAttention):
+            return self.proj(cache(self.layer, q, k, v).transpose(1, 2).reshape(B, T, -1))
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -243,18 +279,27 @@ class GPTMini(nn.Module):
         return logits, self.loss(logits, targets, loss_reduction)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
-                    cache: StaticCache) -> torch.Tensor:
-        """(B, V) logits of one token per row, every shape fixed whatever the rows' lengths: the step
-        torch.compile compiles once per batch size (engine.CompiledStep).
+                    cache: StaticCache, graph: Callable | None = None) -> torch.Tensor:
+        """(B, V) logits of one token per row, every shape fixed whatever the rows' lengths; the rows' new
+        keys/values are then written into the cache at `cache.index`.
 
         tokens, positions: (B, 1) ids and rotary positions; key_mask: (B, context) True where a row sees
-        a key (its new one included); the cache writes each row's key at `cache.index`.
+        a key (its new one included). graph: decode_graph compiled (engine.CompiledStep), once per batch size.
         """
+        logits, keys, values = (graph or self.decode_graph)(tokens, positions, key_mask, cache)
+        cache.write(keys, values)
+        return logits
+
+    def decode_graph(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                     cache: StaticCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """decode_step's computation, which only reads the cache: the logits and the new keys/values
+        (layers, B, kv heads, 1, head dim) to write."""
         cos, sin = self.rope_cos[positions].unsqueeze(2), self.rope_sin[positions].unsqueeze(2)
+        attention = StepAttention(cache, key_mask)
         x = self.embed(tokens)
         for block in self.blocks:
-            x = block(x, cos, sin, key_mask[:, None, None, :], cache)
-        return self.lm_head(self.norm(x))[:, -1]
+            x = block(x, cos, sin, None, attention)
+        return self.lm_head(self.norm(x))[:, -1], torch.stack(attention.new_k), torch.stack(attention.new_v)
 
     @staticmethod
     def _attention_mask(T: int, start: int, key_mask, device):

@@ -66,7 +66,7 @@ def answer_start(sequence: tuple[list[int], list[int]], answer: str, answer_char
 
 class Variety:
     """What each epoch trains beside the records themselves, made anew for every epoch (12 epochs see 12
-    different sets): `augment` question variants per record, chained into conversations of 1 to
+    different sets): `augment` question variants per record, chained into conversations of 2 to
     `max_turns` turns (< 2: none) as far as they fit the context; without variants the records
     themselves are chained again. Cheap to make, so made when needed, from (seed, epoch) alone."""
 
