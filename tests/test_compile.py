@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gptmini import Engine, SamplingParams, get_template, save
+from gptmini import Engine, GPTConfig, GPTMini, SamplingParams, get_template, save
 from gptmini.cli import main
 from gptmini.engine import CompiledStep
 from gptmini.model import KVCache, StaticCache
@@ -22,10 +22,15 @@ def lively_model(tiny_model, char_tokenizer):
     return tiny_model
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])  # the step's own attention groups the heads as SDPA's enable_gqa
 @torch.inference_mode()
-def test_decode_step_equals_the_growing_cache_forward(lively_model):
+def test_decode_step_equals_the_growing_cache_forward(lively_model, kv_heads):
     """Eager, rows at different cache positions: the full-window step with its mask is the forward."""
-    model, ctx = lively_model, lively_model.config.context_size
+    model = lively_model
+    if kv_heads != model.config.n_heads:
+        torch.manual_seed(1)
+        model = GPTMini(GPTConfig(**{**model.config.to_dict(), "n_kv_heads": kv_heads})).eval()
+    ctx = model.config.context_size
     prompts = [torch.randint(0, 40, (1, n)) for n in (5, 11)]
     caches = [KVCache(model.config, 1, "cpu", torch.float32) for _ in prompts]
     for prompt, cache in zip(prompts, caches):
