@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -17,6 +20,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
+
+
+def run_command(*args, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`gptmini ARGS` in a process of its own (what a user runs), its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture

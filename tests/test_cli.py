@@ -11,13 +11,11 @@ import pytest
 from gptmini import Engine, SamplingParams, get_template, load, save
 from gptmini.cli import build_parser, main
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, timeout=120)
+from .conftest import run_command
 
 
 def test_help_lists_the_verbs():
-    out = run_cli("--help")
+    out = run_command("--help")
     assert out.returncode == 0 and "generate" in out.stdout
 
 
@@ -31,7 +29,7 @@ def test_generate_prints_the_answer(tmp_path, tiny_model, char_tokenizer, capsys
 
 
 def test_bad_checkpoint_is_one_clear_line_without_traceback(tmp_path):
-    out = run_cli("generate", "--model", str(tmp_path / "nope"), "hi")
+    out = run_command("generate", "--model", str(tmp_path / "nope"), "hi")
     assert out.returncode == 2
     assert out.stderr.strip() == f"gptmini generate: error: {tmp_path / 'nope'}: checkpoint directory not found"
 
@@ -98,7 +96,7 @@ def test_fields_reach_val_data_only_where_it_has_no_shape_of_its_own(tmp_path, c
 def test_version():
     import gptmini
 
-    out = run_cli("--version")
+    out = run_command("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"gptmini {gptmini.__version__}"
 
 
@@ -193,7 +191,7 @@ def test_generate_file_puts_each_answer_under_its_number(ascii_ckpt, tmp_path):
     (tmp_path / "p.txt").write_text("Ola\nTudo bem?\n", encoding="utf-8")
     first, second = answers_of(ascii_ckpt, ["Ola", "Tudo bem?"])
     assert "\n" in second  # an answer of several lines
-    out = run_cli("generate", "--model", str(ascii_ckpt), "--file", str(tmp_path / "p.txt"), "--max-new-tokens", "16")
+    out = run_command("generate", "--model", str(ascii_ckpt), "--file", str(tmp_path / "p.txt"), "--max-new-tokens", "16")
     assert out.returncode == 0 and out.stderr == ""
     assert out.stdout == f"[1]\n{first}\n\n[2]\n{second}\n"
 
@@ -202,7 +200,7 @@ def test_generate_folds_what_a_char_vocabulary_lacks_and_says_so(ascii_ckpt, tmp
     typed = "O que é atenção? “ok” €"
     [folded, as_unknown] = answers_of(ascii_ckpt, ['O que e atencao? "ok" €', typed])
     assert folded != as_unknown  # the folding changes what the model answers
-    out = run_cli("generate", "--model", str(ascii_ckpt), "--max-new-tokens", "16", typed)
+    out = run_command("generate", "--model", str(ascii_ckpt), "--max-new-tokens", "16", typed)
     assert out.returncode == 0 and out.stdout == folded + "\n"
     note = "5 characters folded to the vocabulary: é→e, ç→c, ã→a, “→\", ”→\"; 1 unreadable: '€'"
     assert out.stderr == f"note: {note}\n"

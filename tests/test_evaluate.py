@@ -1,7 +1,5 @@
 import json
 import random
-import subprocess
-import sys
 import unicodedata
 
 import pytest
@@ -22,6 +20,8 @@ from gptmini.evaluate import (
     scorable,
     token_f1,
 )
+
+from .conftest import run_command
 
 
 def test_normalisation_keeps_accents_and_drops_portuguese_punctuation():
@@ -144,11 +144,6 @@ def test_read_prompts_rejects_non_text(tmp_path):
         read_prompts(path)
 
 
-def cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], input=stdin, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_eval_cli_compares_counts_and_plots_the_runs(tmp_path, tiny_model, char_tokenizer):
     sft_dir = make_ckpt(tmp_path / "run", "last", tiny_model, char_tokenizer)
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0, "val_loss": null}\n'
@@ -157,7 +152,7 @@ def test_eval_cli_compares_counts_and_plots_the_runs(tmp_path, tiny_model, char_
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "Olá", "response": "Oi"}\n{"instruction": "a", "response": ""}\n'
                     '{"instruction": "sem resposta"}\n')
-    out = cli("eval", "--model", sft_dir, "--compare", base_dir, "--data", data, "--out", tmp_path / "r",
+    out = run_command("eval", "--model", sft_dir, "--compare", base_dir, "--data", data, "--out", tmp_path / "r",
               "--max-new-tokens", "5")
     assert out.returncode == 0, out.stderr
     assert "skipped 1 with an empty field" in out.stdout
@@ -180,7 +175,7 @@ def test_generate_file_json(tmp_path, tiny_model, char_tokenizer):
     ckpt = make_ckpt(tmp_path, "c", tiny_model, char_tokenizer)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "Olá"}\n{"instruction": "ação"}\n')
-    out = cli("generate", "--model", ckpt, "--file", prompts, "--json", "--max-new-tokens", "6")
+    out = run_command("generate", "--model", ckpt, "--file", prompts, "--json", "--max-new-tokens", "6")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     engine = Engine(tiny_model, char_tokenizer, get_template())

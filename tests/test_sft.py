@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,8 @@ from gptmini.data.corpus import ASSETS
 from gptmini.sft import sft
 from gptmini.transfer import load_legacy_state_dict, transfer
 
+from .conftest import run_command
+
 SEED_ARGS = ["--base", "none", "--tokenizer", "char", "--data", str(ASSETS / "seed.jsonl"), "--context-size", "256",
              "--d-model", "128", "--n-heads", "4", "--n-layers", "2", "--lr", "5e-4", "--batch-size", "8",
              "--max-steps", "401"]
@@ -18,7 +18,7 @@ SEED = [json.loads(line) for line in (ASSETS / "seed.jsonl").read_text(encoding=
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "gptmini.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return run_command(*args, timeout=300)  # an SFT run of its own, and its answer
 
 
 def typed(question: str) -> str:

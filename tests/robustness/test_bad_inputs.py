@@ -1,13 +1,13 @@
 """Every command, fed malformed input: one line naming the file, exit 2, no traceback, nothing touched."""
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gptmini import GPTConfig, GPTMini, Tokenizer, get_template, save
+
+from ..conftest import run_command
 
 GOOD = '{"instruction": "Olá", "response": "Oi!"}\n'
 
@@ -127,11 +127,6 @@ CASES = sorted(case_args(Path("/x")))
 IN_A_PROCESS = ["sft:bad_middle.jsonl", "generate:corrupt_weights", "sft:val_fraction_20", "dpo:same_pair.jsonl"]
 
 
-def run_in_a_process(args: list[str]) -> tuple[int, str]:
-    out = subprocess.run([sys.executable, "-m", "gptmini.cli", *args], capture_output=True, text=True, timeout=120)
-    return out.returncode, out.stderr
-
-
 def assert_one_clear_line(code: int, stderr: str, expected: str) -> None:
     errors = [line for line in stderr.splitlines() if "error:" in line]
     assert code == 2, stderr
@@ -152,5 +147,6 @@ def test_bad_input_gives_one_clear_line(world, case, run_main):
 def test_the_installed_command_says_the_same_in_its_own_process(world, case):
     args, expected = case_args(world)[case]
     before = snapshot(world)
-    assert_one_clear_line(*run_in_a_process(args), expected)
+    out = run_command(*args)
+    assert_one_clear_line(out.returncode, out.stderr, expected)
     assert snapshot(world) == before
