@@ -13,14 +13,12 @@ scheduler.py (continuous batching, what `gptmini serve` runs); they get the answ
 """
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from . import kernels
+from .compiled import CompiledStep
 from .data.batches import slide_keep
 from .data.templates import Template
 from .errors import GptminiError
@@ -106,43 +104,13 @@ def slid(prompt: list[int], answer: list[int], context_size: int) -> list[int]:
     return answer[-slide_keep(len(prompt), context_size + 1):]
 
 
-class CompiledStep:
-    """GPTMini.decode_graph compiled with torch.compile (inductor: C++ on a CPU, Triton + CUDA graphs on
-    CUDA), once per batch size: every token of every request of that size reuses it. The first call of
-    a size compiles; its seconds go to `seconds` and to `report` (stderr by default). Inductor keeps
-    its compiled code on disk (/tmp/torchinductor_$USER), so a later process compiles faster."""
-
-    def __init__(self, model: GPTMini, report: Callable[[str], None] | None = None) -> None:
-        # CUDA: CUDA graphs replay the whole step. CPU: a C++ wrapper calls the kernels, where inductor's
-        # default Python wrapper cost about 0.7 ms a token (README, "Decoding speed").
-        cuda = model.embed.weight.device.type == "cuda"
-        mode, options = ("reduce-overhead", None) if cuda else (None, {"cpp_wrapper": True})
-        kernels.prepare_compile()
-        # One graph per batch size and model shape, all on decode_graph's code: dynamo's default cap is 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.model = model
-        self.graph = torch.compile(model.decode_graph, fullgraph=True, dynamic=False, mode=mode, options=options)
-        self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.seconds: dict[int, float] = {}
-
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
-                 cache: StaticCache) -> torch.Tensor:
-        batch = len(tokens)
-        if batch in self.seconds:
-            return self.model.decode_step(tokens, positions, key_mask, cache, self.graph)
-        start = time.perf_counter()
-        logits = self.model.decode_step(tokens, positions, key_mask, cache, self.graph)
-        self.seconds[batch] = time.perf_counter() - start
-        self.report(f"compiled the decode step for batch {batch} in {self.seconds[batch]:.1f} s")
-        return logits
-
-
 class Engine:
     """Generation for one model + tokenizer (+ the template its prompts were trained with).
 
     quantize="int8": generate with an int8 weight-only copy of the model (quantize.py).
     compile=True: decode through a CompiledStep (the prefill stays eager): the same tokens, after a
-    compile per batch size; on the 2-core CPU 1.56x the eager tokens/s at batch 1 (README, "Decoding speed").
+    compile per batch size (or its load from the disk, compiled.py); on the 2-core CPU about 2x the eager
+    tokens/s at batch 1 (README, "Decoding speed").
     """
 
     def __init__(self, model: GPTMini, tokenizer: Tokenizer, template: Template | None = None,

@@ -88,7 +88,7 @@ class StaticCache:
     """The decode step's view of a cache (its keys/values, (layers, batch, kv heads, window, head dim)):
     each of the first B rows writes its new key at its own position `index[row]` and attends over the
     whole window (unwritten positions hidden by the step's key mask). Every step then has the same
-    shapes, so torch.compile compiles it once (GPTMini.decode_step)."""
+    shapes, so it is compiled once (GPTMini.decode_step, compiled.py)."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> None:
         self.k, self.v, self.index = k, v, index
@@ -285,7 +285,7 @@ class GPTMini(nn.Module):
         keys/values are then written into the cache at `cache.index`.
 
         tokens, positions: (B, 1) ids and rotary positions; key_mask: (B, context) True where a row sees
-        a key (its new one included). graph: decode_graph compiled (engine.CompiledStep), once per batch size.
+        a key (its new one included). graph: decode_graph compiled (compiled.CompiledStep), once per batch size.
         """
         logits, keys, values = (graph or self.decode_graph)(tokens, positions, key_mask, cache)
         cache.write(keys, values)

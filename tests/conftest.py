@@ -28,6 +28,16 @@ def run_command(*args, stdin: str | None = None, timeout: float = 120) -> subpro
                           text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_steps_cache(tmp_path_factory):
+    """Compiled decode steps (gptmini.compiled) kept in this run's own folder, not the user's cache: a
+    run compiles its steps the first time it needs them, then loads them."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GPTMINI_CACHE", str(tmp_path_factory.mktemp("gptmini-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def run_main(capfd):
     """run_main(*args): the command run by main() in this process, the function the installed command
