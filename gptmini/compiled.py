@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,17 +66,20 @@ def _layout(t: torch.Tensor) -> list:
 
 def compile_ahead(graph: DecodeGraph, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
     """Exports the step and compiles it into a package at `path` (written whole or not at all)."""
-    with torch.inference_mode():
-        program = torch.export.export(graph, inputs, strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
     os.close(fd)
-    try:
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=partial, inductor_configs={"aot_inductor.package_constants_in_so": False})
-        os.replace(partial, path)
-    finally:
-        Path(partial).unlink(missing_ok=True)
+    # torch's own deprecation notices from inside export (its pytree) say nothing to a user of gptmini.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.inference_mode():
+            program = torch.export.export(graph, inputs, strict=False)
+        try:
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=partial, inductor_configs={"aot_inductor.package_constants_in_so": False})
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)
 
 
 def load_ahead(graph: DecodeGraph, path: Path) -> Step:

@@ -49,7 +49,8 @@ def test_decode_step_equals_the_growing_cache_forward(lively_model, kv_heads):
         tokens = logits.argmax(-1, keepdim=True)
 
 
-def test_compiled_engine_gives_the_eager_tokens_past_the_window_and_compiles_once(lively_model, char_tokenizer):
+def test_compiled_engine_gives_the_eager_tokens_past_the_window_and_compiles_once(lively_model, char_tokenizer,
+                                                                                  capfd):
     eager, compiled = Engine(lively_model, char_tokenizer), Engine(lively_model, char_tokenizer, compile=True)
     reports = []
     compiled.decode.report = reports.append
@@ -62,6 +63,7 @@ def test_compiled_engine_gives_the_eager_tokens_past_the_window_and_compiles_onc
     assert compiled.generate(prompts, params) == eager.generate(prompts, params)
     assert sorted(compiled.decode.seconds) == [1, 2]
     assert [r.split(" in ")[0] for r in reports] == [f"compiled the decode step for batch {b}" for b in (1, 2)]
+    assert "Warning" not in capfd.readouterr().err  # the compile says its one line, not torch's notices
 
 
 def test_a_compiled_step_is_kept_on_disk_for_every_model_of_its_shape(lively_model, char_tokenizer):
