@@ -5,7 +5,7 @@ no Python between its kernels and no guards to check before it), about 18 % fast
 torch.compile's call of the same graph (README, "Decoding speed"). The library holds the code only:
 the model's own tensors are handed to it, so one library serves every checkpoint of the same shape. It
 is kept on disk (`cache_dir()`): a later process loads it in well under a second instead of compiling.
-On CUDA, torch.compile's CUDA graphs replay the whole step.
+On CUDA, torch.compile's CUDA graphs replay the whole step (another device: torch.compile alone).
 """
 from __future__ import annotations
 
@@ -102,11 +102,13 @@ class CompiledStep:
         self.seconds: dict[int, float] = {}
         self.steps: dict[tuple, Step] = {}
         kernels.prepare_compile()
-        self.cuda = model.embed.weight.device.type == "cuda"
-        if self.cuda:
+        device = model.embed.weight.device.type
+        self.ahead = device == "cpu"
+        if not self.ahead:
             # One graph per batch size and model shape, all on decode_graph's code: dynamo's default cap is 8.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self.cuda_step = torch.compile(model.decode_graph, fullgraph=True, dynamic=False, mode="reduce-overhead")
+            mode = "reduce-overhead" if device == "cuda" else None
+            self.jit_step = torch.compile(model.decode_graph, fullgraph=True, dynamic=False, mode=mode)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
                  cache: StaticCache) -> torch.Tensor:
@@ -124,10 +126,13 @@ class CompiledStep:
 
     def _build(self, inputs: tuple[torch.Tensor, ...]) -> tuple[Step, str, str]:
         """The step, and what was done for it: compiled, or loaded from the disk (where)."""
-        if self.cuda:  # compiled by its first call
-            return self.cuda_step, "compiled the", ""
+        if not self.ahead:  # compiled by its first call
+            return self.jit_step, "compiled the", ""
         path = cache_dir() / f"{step_key(self.graph, inputs)}.pt2"
         if path.exists():
-            return load_ahead(self.graph, path), "loaded the compiled", f" from {path.parent}"
+            try:
+                return load_ahead(self.graph, path), "loaded the compiled", f" from {path.parent}"
+            except Exception as exc:  # noqa: BLE001  a damaged file: it is built again, and replaced
+                self.report(f"could not load {path} ({type(exc).__name__}); compiling it again")
         compile_ahead(self.graph, inputs, path)
         return load_ahead(self.graph, path), "compiled the", f" (kept in {path.parent})"

@@ -83,6 +83,21 @@ def test_a_compiled_step_is_kept_on_disk_for_every_model_of_its_shape(lively_mod
     assert reports[0].endswith(f" s from {cache_dir()}")
 
 
+def test_a_damaged_compiled_step_on_disk_is_compiled_again(lively_model, char_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTMINI_CACHE", str(tmp_path))
+    params, prompt = SamplingParams(max_new_tokens=20), char_tokenizer.encode(TEXTS[0])
+    Engine(lively_model, char_tokenizer, compile=True).generate([prompt], params)
+    [package] = cache_dir().glob("*.pt2")
+    package.write_bytes(b"not a package")
+    reports = []
+    compiled = Engine(lively_model, char_tokenizer, compile=True)
+    compiled.decode.report = reports.append
+    assert compiled.generate([prompt], params) == Engine(lively_model, char_tokenizer).generate([prompt], params)
+    assert reports[0] == f"could not load {package} (RuntimeError); compiling it again"
+    assert reports[1].startswith("compiled the decode step for batch 1 in ")
+    assert list(cache_dir().glob("*")) == [package] and package.stat().st_size > 1000  # replaced, nothing left over
+
+
 def test_compiled_int8_and_scheduler_buckets_give_the_eager_tokens(lively_model, char_tokenizer):
     """int8's products inside the compiled step; the scheduler's rows in buckets: three requests padded
     to 4 rows (a free slot beside them), then two, then one."""
