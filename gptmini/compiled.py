@@ -101,6 +101,7 @@ class CompiledStep:
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.seconds: dict[int, float] = {}
         self.steps: dict[tuple, Step] = {}
+        self.paths: list[Path] = []  # the packages on disk this step compiled or loaded
         kernels.prepare_compile()
         device = model.embed.weight.device.type
         self.ahead = device == "cpu"
@@ -129,6 +130,7 @@ class CompiledStep:
         if not self.ahead:  # compiled by its first call
             return self.jit_step, "compiled the", ""
         path = cache_dir() / f"{step_key(self.graph, inputs)}.pt2"
+        self.paths.append(path)
         if path.exists():
             try:
                 return load_ahead(self.graph, path), "loaded the compiled", f" from {path.parent}"
