@@ -1,12 +1,13 @@
 """Serving under concurrent users: continuous batching (`gptmini serve`, default --max-batch 8) vs the
-same server decoding one request at a time (--max-batch 1), and the batched one with --compile (its decode
-step compiled per batch bucket, during the warm-up), in the same run.
+same server decoding one request at a time (--max-batch 1), the batched one with --compile (its decode
+step compiled per batch bucket, during the warm-up), and the batched one on every core (`--threads` all,
+the default before serve left a core to its HTTP side, see compute_threads), in the same run.
 
-Both servers are real `gptmini serve` processes on 127.0.0.1, serving the same checkpoint: the bench
+All servers are real `gptmini serve` processes on 127.0.0.1, serving the same checkpoint: the bench
 model's shape (d_model 256, 8 heads, 6 layers, context 256) with a 2,048-token BPE vocabulary, so that
 every generated token decodes to text (random weights, greedy). Clients send streamed chat requests
 (different questions, so rows of different lengths share a batch), up to 64 new tokens each; every
-client sends its next request when its answer ends. At each concurrency, the two servers take turns
+client sends its next request when its answer ends. At each concurrency, the servers take turns
 (ROUNDS rounds, interleaved). Reported per server and concurrency: aggregate generated tokens/s
 (every answer's tokens over the wall time), and p50/p99 of the time to first token and of the time
 per token after it (as each client sees them).
@@ -37,6 +38,7 @@ REQUESTS_PER_CLIENT = 3
 ROUNDS = 2
 MAX_TOKENS = 64
 BATCHED, SINGLE, COMPILED = "--max-batch 8", "--max-batch 1", "--max-batch 8 --compile"
+EVERY_CORE = f"--max-batch 8 --threads {torch.get_num_threads()}"  # the default before serve --threads: no core left to HTTP
 
 
 def checkpoint(folder: Path) -> Path:
@@ -108,7 +110,7 @@ def main() -> None:
     questions = [e.messages[0]["content"] for e in read_examples(ASSETS / "instructions_eval.jsonl").examples]
     with tempfile.TemporaryDirectory() as tmp:
         model = checkpoint(Path(tmp))
-        servers = {name: start_server(model, name) for name in (BATCHED, SINGLE, COMPILED)}
+        servers = {name: start_server(model, name) for name in (BATCHED, SINGLE, COMPILED, EVERY_CORE)}
         try:
             for _, url in servers.values():
                 load(url, questions, 8)  # warm-up; --compile compiles its batch buckets (1, 2, 4, 8) here
@@ -137,7 +139,11 @@ def main() -> None:
     for concurrency in CONCURRENCY:
         print(f"concurrency {concurrency:2d}: batched / one at a time = "
               f"{rates[BATCHED, concurrency] / rates[SINGLE, concurrency]:.2f}")
-    print(f"--compile at concurrency 8: {rates[COMPILED, 8] / rates[BATCHED, 8]:.2f}x the batched eager server")
+    print(f"--compile at concurrency 8: {rates[COMPILED, 8] / rates[BATCHED, 8]:.2f}x the batched eager server, "
+          f"{rates[COMPILED, 8] / rates[EVERY_CORE, 8]:.2f}x it on every core ({EVERY_CORE})")
+    for concurrency in CONCURRENCY:
+        print(f"concurrency {concurrency:2d}: default threads / every core = "
+              f"{rates[BATCHED, concurrency] / rates[EVERY_CORE, concurrency]:.2f}")
     print(f"ratio: {rates[BATCHED, 8] / rates[SINGLE, 8]:.2f}")
 
 

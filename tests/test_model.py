@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
+from gptmini import kernels
 from gptmini.kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU
 from gptmini.model import KVCache
 
@@ -299,20 +300,21 @@ def test_engine_stores_weights_transposed_for_decoding_without_changing_the_mode
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])
-def test_one_row_products_split_over_threads_equal_the_plain_product(threads, monkeypatch):
+def test_decode_products_split_over_threads_equal_the_plain_product(threads, monkeypatch):
     torch.manual_seed(0)
     layer = Linear(64, 96)
-    x, rows = torch.randn(1, 1, 64), torch.randn(3, 5, 64)
-    expected = torch.nn.functional.linear(x, layer.weight)
+    one, few, many = torch.randn(1, 1, 64), torch.randn(3, 5, 64), torch.randn(kernels.SPLIT_ROWS + 1, 64)
+    expected = [torch.nn.functional.linear(x, layer.weight) for x in (one, few, many)]
     layer.weight.data = layer.weight.data.t().contiguous().t()  # the decode layout
-    bmm_calls = []
-    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or torch.matmul(*a))
+    bmm_shapes = []
+    monkeypatch.setattr(torch, "bmm", lambda a, b: bmm_shapes.append(tuple(b.shape)) or torch.matmul(a, b))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        one_row, many_rows = layer(x), layer(rows)
+        outputs = [layer(x) for x in (one, few, many)]
     finally:
         torch.set_num_threads(previous)
-    assert len(bmm_calls) == (1 if threads > 1 else 0)  # split only for one row and several threads
-    assert one_row.shape == (1, 1, 96) and torch.allclose(one_row, expected, atol=1e-6)
-    assert torch.allclose(many_rows, torch.nn.functional.linear(rows, layer.weight), atol=1e-6)
+    # one row: split along in (blocks of 64 // threads inputs); a few rows: along out; many: the plain product
+    assert bmm_shapes == ([(threads, 64 // threads, 96), (threads, 64, 96 // threads)] if threads > 1 else [])
+    for output, plain in zip(outputs, expected):
+        assert output.shape == plain.shape and torch.allclose(output, plain, atol=1e-6)

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.requests import ClientDisconnect
 
 from gptmini import Engine, SamplingParams, get_template, load, save
-from gptmini.serve import ChatRequest, create_app
+from gptmini.serve import ChatRequest, compute_threads, create_app
 
 TEMPLATE = get_template()
 QUESTIONS = ["Olá", "O que é atenção?", "ação", "modelo de linguagem", "Explique", "oi"]
@@ -435,11 +435,12 @@ def test_cli_serve_its_page_flags_and_a_busy_port(ckpt_dir, tiny_model, char_tok
     port = free_port()
     command = [sys.executable, "-m", "gptmini.cli", "serve", "--model", str(ckpt_dir), "--port", str(port),
                "--max-tokens", "8", "--title", "Padaria Pão Quente", "--placeholder", "Pergunte sobre os pães",
-               "--system", "Seja breve."]
+               "--system", "Seja breve.", "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in banner, banner + process.stderr.read()
+        assert banner.rstrip().endswith("beyond that 429; 1 compute thread)"), banner
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
@@ -460,6 +461,12 @@ def test_cli_serve_its_page_flags_and_a_busy_port(ckpt_dir, tiny_model, char_tok
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_a_server_leaves_one_core_to_its_http_side_unless_told(monkeypatch):
+    for cores, expected in ((1, 1), (2, 1), (16, 15)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda cores=cores: cores)
+        assert compute_threads() == expected and compute_threads(3) == 3
 
 
 def test_what_a_char_vocabulary_cannot_read_is_folded_and_said_beside_the_answer(live, ascii_ckpt):
