@@ -724,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "2x a step of 1 (the weights stream once for all), beyond ~16 each user's latency grows")
     p.add_argument("--queue-size", type=NONNEGATIVE_INT, default=16, help="requests that may wait; beyond that: 429")
     p.add_argument("--threads", type=POSITIVE_INT, help="threads for the model's products (default: every core but "
-                   "one, which the HTTP side and its clients need: on 2 cores 1 thread serves 1.2-1.7x the tokens/s of 2)")
+                   "one, which the HTTP side and its clients need: on 2 cores 1 thread serves 1.1-1.7x the tokens/s of 2)")
     add_device_args(p)
     add_page_args(p)
     p.set_defaults(func=cmd_serve)

@@ -383,7 +383,7 @@ def compute_threads(requested: int | None = None) -> int:
     """The threads a server's products run on: `requested`, else every core but one. The event loop that
     writes each token's event (and, on a laptop, the browser or the client reading them) needs a core
     too: a step spread over all of them waits at every barrier for the one that was busy elsewhere
-    (bench/serve.py, 2 cores: 1 thread gives 1.2-1.7x the served tokens/s of 2 at every concurrency)."""
+    (bench/serve.py, 2 cores: 1 thread gives 1.1-1.7x the served tokens/s of 2 at every concurrency)."""
     return requested or max(1, torch.get_num_threads() - 1)
 
 
