@@ -387,16 +387,13 @@ def compute_threads(requested: int | None = None) -> int:
     return requested or max(1, torch.get_num_threads() - 1)
 
 
-def threads_said(n: int) -> str:
-    return f"{n} compute thread{'s' if n > 1 else ''}"
-
-
 def run_server(model: str | Path, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
                **options) -> None:
     """The server in this process, until interrupted; threads: see compute_threads (set for the process)."""
     import uvicorn
 
-    torch.set_num_threads(compute_threads(threads))
+    threads = compute_threads(threads)
+    torch.set_num_threads(threads)
     app = create_app(model, **options)
     sock = listen(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
@@ -407,6 +404,6 @@ def run_server(model: str | Path, host: str = "127.0.0.1", port: int = 8000, thr
     requested = options.get("device", "cpu")
     print(f"gptmini serving {model} as {server.name!r} on {describe(resolve_device(requested), requested)}: web chat at {url}/, OpenAI API at {url}/v1 "
           f"({server.max_batch} decoded together, {server.capacity - server.max_batch} more may wait, beyond that 429; "
-          f"{threads_said(torch.get_num_threads())})",
+          f"{threads} compute thread{'s' if threads > 1 else ''})",
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

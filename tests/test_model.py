@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
-from gptmini import kernels
-from gptmini.kernels import IGNORE_INDEX, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU
+from gptmini.kernels import IGNORE_INDEX, SPLIT_ROWS, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU
 from gptmini.model import KVCache
 
 
@@ -303,7 +302,7 @@ def test_engine_stores_weights_transposed_for_decoding_without_changing_the_mode
 def test_decode_products_split_over_threads_equal_the_plain_product(threads, monkeypatch):
     torch.manual_seed(0)
     layer = Linear(64, 96)
-    one, few, many = torch.randn(1, 1, 64), torch.randn(3, 5, 64), torch.randn(kernels.SPLIT_ROWS + 1, 64)
+    one, few, many = torch.randn(1, 1, 64), torch.randn(3, 5, 64), torch.randn(SPLIT_ROWS + 1, 64)
     expected = [torch.nn.functional.linear(x, layer.weight) for x in (one, few, many)]
     layer.weight.data = layer.weight.data.t().contiguous().t()  # the decode layout
     bmm_shapes = []
