@@ -187,6 +187,17 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
+def counted_rows(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, d) hidden states and (N,) targets of the positions whose loss counts. SFT masks its prompts (a
+    third to a half of the tokens): the head and its softmax need not run there. Compiled or fully counted
+    (pretraining), every row stays, since a data-dependent shape would break the graph."""
+    rows, wanted = x.flatten(0, 1), targets.flatten()
+    if torch.compiler.is_compiling():
+        return rows, wanted
+    counted = wanted != IGNORE_INDEX
+    return (rows, wanted) if bool(counted.all()) else (rows[counted], wanted[counted])
+
+
 class GPTMini(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -272,7 +283,8 @@ class GPTMini(nn.Module):
             nll[counted] = F.cross_entropy(self.lm_head(x[counted]).float(), targets[counted], reduction="none")
             return None, nll.sum(dim=1)
         if targets is not None and not return_logits and torch.is_grad_enabled():
-            total = LinearCrossEntropy.apply(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            rows, wanted = counted_rows(x, targets)
+            total = LinearCrossEntropy.apply(rows, self.lm_head.weight, wanted)
             return None, total if loss_reduction == "sum" else total / (targets != IGNORE_INDEX).sum().clamp(min=1)
         logits = self.lm_head(x)
         if targets is None:

@@ -3,7 +3,7 @@ import torch
 
 from gptmini import GPTConfig, GPTMini, GptminiError
 from gptmini.kernels import IGNORE_INDEX, SPLIT_ROWS, Linear, LinearCrossEntropy, RotaryQKV, SwiGLU
-from gptmini.model import KVCache
+from gptmini.model import KVCache, counted_rows
 
 
 def seed_model(vocab_size=50):
@@ -150,6 +150,14 @@ def test_fused_head_loss_and_gradients_match_the_plain_path():
     (b * 0.3).backward()
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def test_the_fused_head_runs_only_on_the_rows_whose_loss_counts():
+    x, targets = torch.randn(2, 5, 4), torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 0, 7]])
+    rows, wanted = counted_rows(x, targets)
+    assert wanted.tolist() == [3, 4, 1, 2, 0, 7] and torch.equal(rows, x.flatten(0, 1)[[2, 3, 6, 7, 8, 9]])
+    everything = torch.zeros(2, 5, dtype=torch.long)  # pretraining: no copy of the whole batch
+    assert counted_rows(x, everything)[0].data_ptr() == x.data_ptr()
 
 
 def textbook_rope(x, cos, sin):
