@@ -47,7 +47,8 @@ def test_decode_step_equals_the_growing_cache_forward(lively_model, kv_heads):
         logits = model.decode_step(tokens, index[:, None], key_mask, StaticCache(static.k, static.v, index))
         for row, cache in enumerate(caches):
             expected, _ = model(tokens[row:row + 1], cache=cache)
-            torch.testing.assert_close(logits[row], expected[0, -1])
+            # fp32 sums in another order (the step's one-row products, AVX-512 kernels): 1.4e-5 seen on a Xeon
+            torch.testing.assert_close(logits[row], expected[0, -1], atol=1e-4, rtol=1e-4)
         tokens = logits.argmax(-1, keepdim=True)
 
 
