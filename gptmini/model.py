@@ -189,10 +189,11 @@ class Block(nn.Module):
 
 def counted_rows(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, d) hidden states and (N,) targets of the positions whose loss counts. SFT masks its prompts (a
-    third to a half of the tokens): the head and its softmax need not run there. Compiled or fully counted
-    (pretraining), every row stays, since a data-dependent shape would break the graph."""
+    third to a half of the tokens): on a CPU the head and its softmax need not run there. Fully counted
+    (pretraining), compiled (a data-dependent shape breaks the graph) or on an accelerator (choosing the
+    rows would wait on the device every micro-batch, for a head that costs little there), every row stays."""
     rows, wanted = x.flatten(0, 1), targets.flatten()
-    if torch.compiler.is_compiling():
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return rows, wanted
     counted = wanted != IGNORE_INDEX
     return (rows, wanted) if bool(counted.all()) else (rows[counted], wanted[counted])
