@@ -18,6 +18,12 @@ Beside them: chance and a TF-IDF question-matching lookup over the same training
 reads), scoring the other. `--with-rewordings`: the earlier mode, three quarters of the dev rewordings
 trained too and the other quarter (255, by id hash) scored; `--test FILE` alone trains the originals and
 the whole dev split and scores FILE. `--augment none` (or a count) is passed to pretrain and sft.
+`bench/data/padaria_faq.csv` (a 25-question bakery FAQ written for this bench, one wording per
+question, saved by Excel: `Pergunta;Resposta`, BOM, CRLF, two multi-line answers) and
+`bench/data/padaria_clientes.jsonl` (50 questions as its customers type them, two per answer) are a
+user's own pair for `--train`/`--test`.
+`--turns 1,3`: each question also asked as the 3rd turn of a conversation (the questions before it in
+the test file, with the model's own answers), as `chat` and the web page send it.
 Prints the recipe, the figures and the machine; the last line is `accuracy: X`.
 """
 from __future__ import annotations
@@ -35,6 +41,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import linear_kernel
 
 from gptmini import Engine, SamplingParams, load
+from gptmini.chat import answers_at_turn
 from gptmini.data.corpus import DEFAULT_CORPUS
 from gptmini.demo import DEMO_MODEL
 from gptmini.data.records import read_examples
@@ -88,14 +95,13 @@ def train_assistant(work: Path, train_file: Path) -> Path:
     return work / "sft" / "last"
 
 
-def answer_all(run: Path, questions: list[str]) -> list[str]:
+def answer_all(run: Path, questions: list[str], turns: list[int]) -> dict[int, list[str]]:
+    """Each question's answer asked alone (turn 1) and as each later turn in `turns`: the earlier turns
+    are the questions before it in the list with the model's own answers (bench/conversation.py's way)."""
     ckpt = load(run)
     engine = Engine(ckpt.model, ckpt.tokenizer, ckpt.template)
-    params, answers = SamplingParams(max_new_tokens=RECIPE["max_new_tokens"]), []
-    for i in range(0, len(questions), 64):
-        prompts = [engine.encode_prompt([{"role": "user", "content": q}]) for q in questions[i:i + 64]]
-        answers += [c.text for c in engine.generate(prompts, params)]
-    return answers
+    params = SamplingParams(max_new_tokens=RECIPE["max_new_tokens"])
+    return {turn: answers_at_turn(engine, questions, turn, params) for turn in turns}
 
 
 def retrieval_accuracy(predictions: list[str], references: list[str], candidates: list[str]) -> float:
@@ -138,11 +144,14 @@ def main() -> None:
                         help="train three quarters of the dev rewordings too and score the other quarter")
     parser.add_argument("--sample", type=int, default=RECIPE["sample"], help="dev rewordings scored (0: all)")
     parser.add_argument("--augment", default=RECIPE["augment"], help="question variants per record: auto, N, none")
+    parser.add_argument("--turns", default="1", help="score each question at these turns of a conversation, "
+                        "e.g. 1,3 (the first one gives the last line)")
     args = parser.parse_args()
     if args.train and not args.test:
         parser.error("--train needs --test (the records to score)")
     RECIPE.update(augment=args.augment if args.augment in ("auto",) else 0 if args.augment == "none" else int(args.augment),
                   sample=args.sample)
+    turns = [int(t) for t in args.turns.split(",")]
     train, test, scored = datasets(args)
     answers = list(dict.fromkeys(r["resposta"] for r in train))
     print(f"machine: {machine()}")
@@ -152,19 +161,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = train_assistant(Path(tmp), write_jsonl(Path(tmp) / "train.jsonl", train))
         trained = time.time()
-        predictions = answer_all(run, [r["pergunta"] for r in test])
+        predictions = answer_all(run, [r["pergunta"] for r in test], turns)
     answered = time.time()
     references = [r["resposta"] for r in test]
-    accuracy = retrieval_accuracy(predictions, references, answers)
-    exact = sum(exact_match(p, r) for p, r in zip(predictions, references)) / len(test)
+    accuracy = {t: retrieval_accuracy(p, references, answers) for t, p in predictions.items()}
+    exact = {t: sum(map(exact_match, p, references)) / len(test) for t, p in predictions.items()}
     print(f"time: training {trained - started:.0f} s, answering {answered - trained:.0f} s")
     print(f"| scorer | retrieval accuracy | exact match |\n|---|---:|---:|\n"
           f"| chance | {1 / len(answers):.1%} | |\n"
           f"| TF-IDF lookup over the {len(train)} training questions | {tfidf_accuracy(train, test):.1%} | |\n"
-          f"| gptmini assistant (generated answers) | {accuracy:.1%} | {exact:.1%} |")
-    for record, prediction in list(zip(test, predictions))[:3]:
+          + "".join(f"| gptmini assistant (generated answers{'' if t == 1 else f', asked as turn {t}'}) "
+                    f"| {accuracy[t]:.1%} | {exact[t]:.1%} |\n" for t in turns), end="")
+    for record, prediction in list(zip(test, predictions[turns[0]]))[:3]:
         print(f"\nQ: {record['pergunta']}\nA: {prediction[:300]}{'...' if len(prediction) > 300 else ''}")
-    print(f"accuracy: {accuracy:.3f}")
+    print(f"accuracy: {accuracy[turns[0]]:.3f}")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,11 @@ def test_embedded_set_variants_keep_every_answer():
     made = variants.augment(examples, 2, 0)
     answers = {e.messages[-1]["content"] for e in examples}
     assert len(made) >= 95 and {v.messages[-1]["content"] for v in made} <= answers
+
+
+@pytest.mark.parametrize("records, count", [(4, 32), (25, 32), (50, 16), (100, 8), (142, 8), (300, 4), (882, 2), (5000, 1)])
+def test_auto_gives_a_small_faq_more_forms_and_a_large_set_fewer(records, count):
+    """About 800 forms an epoch for a FAQ under 100 questions (at most 32 a record), 8 a record up to
+    150 records, then about 1,200 forms an epoch, never fewer than one a record."""
+    assert variants.variant_count("auto", records) == count
+    assert variants.variant_count(3, records) == 3
