@@ -147,8 +147,9 @@ def add_variety_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--augment", type=count_auto_or_none, default=DEFAULT_AUGMENT, metavar="N|auto|none",
                    help="each epoch, N variants of every question as people type them (no accents, lower case, "
-                        "chat short forms, other question forms, typos), answers untouched; auto: 8 for up to "
-                        "150 records, fewer for more (about 1,200 forms an epoch); none: off")
+                        "chat short forms, other question forms, typos), answers untouched; auto: 8 from 100 to "
+                        "150 records, more below (about 800 forms an epoch, at most 32), fewer above (about "
+                        "1,200 forms an epoch); none: off")
     p.add_argument("--conversations", type=count_or_none, default=DEFAULT_CONVERSATIONS, metavar="TURNS|none",
                    help="each epoch, the records also chained into conversations of 2 to TURNS turns, so later "
                         "turns are answered as well as the first; none: off")
