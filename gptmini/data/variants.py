@@ -183,7 +183,7 @@ def variant_count(spec: int | str, records: int) -> int:
     if spec != "auto":
         return int(spec)
     records = max(records, 1)
-    return max(1, min(8, math.ceil(1200 / records)), min(32, math.ceil(800 / records)))
+    return max(min(8, math.ceil(1200 / records)), min(32, math.ceil(800 / records)))  # both at least 1
 
 
 def readable_forms(examples: list[Example], n: int, seed: int, tokenizer: Tokenizer) -> list[Example]:
